@@ -1,0 +1,15 @@
+//! Roster's schema, one file per migration, applied in order at start-up.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_users;
+
+/// Every migration Roster has ever shipped, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_users::Migration)]
+    }
+}

@@ -1,0 +1,97 @@
+//! Every setting, with its flag, environment variable, default and `--help` text.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Roster's configuration, read from flags and the environment (flags win).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roster", version, about = "Roster: a gRPC user service")]
+pub struct Config {
+    /// Address to listen on for gRPC (port 0 picks a free port).
+    #[arg(long, env = "ROSTER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Database URL: `sqlite://FILE` (created if missing) or `postgres://...`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://roster.db")]
+    pub database_url: String,
+
+    /// Maximum connections in the database pool (SQLite writes always use one).
+    #[arg(long, env = "ROSTER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Redis URL for the cache: redis://, rediss://, redis-cluster:// or
+    /// redis-sentinel://. Empty disables the cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// How long a cached user lives in Redis.
+    #[arg(long, env = "ROSTER_CACHE_TTL", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Timeout of every Redis command; a slower answer counts as a cache miss.
+    #[arg(long, env = "ROSTER_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Argon2id memory cost in KiB (OWASP minimum: 19456).
+    #[arg(long, env = "ROSTER_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id iterations (OWASP minimum with 19456 KiB: 2).
+    #[arg(long, env = "ROSTER_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Argon2id parallelism (lanes).
+    #[arg(long, env = "ROSTER_ARGON2_PARALLELISM", default_value_t = 1)]
+    pub argon2_parallelism: u32,
+
+    /// Password hashes computed at once; 0 means one per CPU core.
+    #[arg(long, env = "ROSTER_HASH_CONCURRENCY", default_value_t = 0)]
+    pub hash_concurrency: usize,
+
+    /// Server-side ceiling on any call's duration (a client deadline may be shorter).
+    #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How often the database is probed for the health status.
+    #[arg(long, env = "ROSTER_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// On SIGTERM/SIGINT, time between reporting NOT_SERVING and refusing new
+    /// calls, so load balancers and meshes stop routing here first.
+    #[arg(long, env = "ROSTER_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before
+    /// remaining connections are closed and the process exits.
+    #[arg(long, env = "ROSTER_DRAIN_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Duration,
+
+    /// Log format.
+    #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info,roster=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// How log lines are written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The number of password hashes allowed in flight at once.
+    pub fn effective_hash_concurrency(&self) -> usize {
+        if self.hash_concurrency > 0 {
+            self.hash_concurrency
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}

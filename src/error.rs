@@ -1,0 +1,121 @@
+//! Roster's one error type and its one exhaustive mapping to gRPC status codes.
+
+use std::{error::Error as StdError, fmt};
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::FieldViolation;
+
+/// The `domain` of every google.rpc.ErrorInfo Roster returns.
+pub const ERROR_DOMAIN: &str = "roster";
+
+/// Anything a use case can fail with. Callers see a stable code, reason and a
+/// short message; the logs get the whole cause chain.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request broke one or more field rules.
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// A user with the same canonical name exists.
+    #[error("user already exists")]
+    UserAlreadyExists,
+    /// No user has that canonical name.
+    #[error("user not found")]
+    UserNotFound,
+    /// The database could not be reached, or stayed busy past its timeout.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] sea_orm::DbErr),
+    /// Every password-hashing slot stayed busy until the call's deadline.
+    #[error("password hashing capacity exhausted")]
+    HashingSaturated,
+    /// A fault on our side; details go to the log only.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl Error {
+    /// Wraps an unexpected fault.
+    pub fn internal(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let (code, message, details) = match &error {
+            Error::InvalidArgument(violations) => {
+                let reason = violations.first().map_or("INVALID_ARGUMENT", |v| v.reason);
+                let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+                details.set_bad_request(
+                    violations
+                        .iter()
+                        .map(|v| {
+                            let mut violation =
+                                tonic_types::FieldViolation::new(v.field, v.description.clone());
+                            violation.reason = v.reason.to_owned();
+                            violation
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                let message = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (Code::InvalidArgument, message, details)
+            }
+            Error::UserAlreadyExists => (
+                Code::AlreadyExists,
+                "a user with this name already exists".to_owned(),
+                info("USER_ALREADY_EXISTS"),
+            ),
+            Error::UserNotFound => (
+                Code::NotFound,
+                "no user with this name".to_owned(),
+                info("USER_NOT_FOUND"),
+            ),
+            Error::DatabaseUnavailable(_) => (
+                Code::Unavailable,
+                "the database is unavailable; retry later".to_owned(),
+                info("DATABASE_UNAVAILABLE"),
+            ),
+            Error::HashingSaturated => (
+                Code::ResourceExhausted,
+                "the server is busy; retry later".to_owned(),
+                info("HASHING_CAPACITY_EXHAUSTED"),
+            ),
+            Error::Internal(_) => (
+                Code::Internal,
+                "internal error".to_owned(),
+                info("INTERNAL"),
+            ),
+        };
+        match code {
+            Code::Internal | Code::Unavailable => {
+                tracing::error!(error = %Chain(&error), "request failed");
+            }
+            _ => tracing::debug!(error = %Chain(&error), "request refused"),
+        }
+        tonic::Status::with_error_details(code, message, details)
+    }
+}
+
+fn info(reason: &str) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, [])
+}
+
+/// Displays an error followed by every `source()` in its chain.
+pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

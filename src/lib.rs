@@ -1,0 +1,19 @@
+//! Roster: a gRPC user service. See README.md for what it promises.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
+)]
+
+pub mod cache;
+pub mod config;
+pub mod credentials;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod proto;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod users;

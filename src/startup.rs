@@ -1,0 +1,206 @@
+//! Builds the application (listener, database, cache, services) and runs it
+//! until a shutdown signal, then drains within a deadline.
+
+use std::{error::Error as StdError, future::Future, net::SocketAddr, time::Duration};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    cache::UserCache,
+    config::Config,
+    credentials::{HashPolicy, PasswordHasher},
+    grpc::UserServiceImpl,
+    proto::{self, roster::v1::user_service_server::UserServiceServer},
+    store::Store,
+    users::Users,
+};
+
+/// Errors that stop the server from starting or running.
+pub type StartupError = Box<dyn StdError + Send + Sync>;
+
+/// Requests are small; refuse anything larger before decoding it.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// gRPC names of the services whose health we report ("" is the whole server).
+const HEALTH_SERVICES: [&str; 2] = ["", "roster.v1.UserService"];
+
+/// A built, not yet serving, Roster: the listener is bound and migrations ran.
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    cache: UserCache,
+    users: Users,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port), connects to the
+    /// database and runs migrations, and starts connecting to Redis.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let hasher = PasswordHasher::new(
+            HashPolicy {
+                memory_kib: config.argon2_memory_kib,
+                iterations: config.argon2_iterations,
+                parallelism: config.argon2_parallelism,
+            },
+            config.effective_hash_concurrency(),
+        )?;
+        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let cache = if config.redis_url.is_empty() {
+            tracing::info!("no REDIS_URL; cache disabled");
+            UserCache::disabled()
+        } else {
+            UserCache::connect(&config.redis_url, config.cache_ttl, config.redis_timeout)?
+        };
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let users = Users::new(store.clone(), cache.clone(), hasher);
+        Ok(Self {
+            listener,
+            config,
+            store,
+            cache,
+            users,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TcpListener always knows its address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.config.listen_addr)
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, waits the
+    /// shutdown delay, stops accepting calls, and gives in-flight calls until
+    /// the drain deadline before closing what is left.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            config,
+            store,
+            cache,
+            users,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let user_service = UserServiceServer::new(UserServiceImpl::new(users))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        let address = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = Server::builder()
+            .timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(user_service);
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                drop(stopped.await);
+            }),
+        );
+        let watcher = tokio::spawn(watch_database(
+            store.clone(),
+            health.clone(),
+            config.health_interval,
+        ));
+        tracing::info!(%address, "roster serving");
+
+        tokio::select! {
+            result = &mut server => {
+                watcher.abort();
+                return Ok(result??);
+            }
+            () = shutdown => {}
+        }
+
+        tracing::info!("shutting down: reporting NOT_SERVING");
+        watcher.abort();
+        set_health(&health, ServingStatus::NotServing).await;
+        tokio::time::sleep(config.shutdown_delay).await;
+        stop.send(()).ok();
+        match tokio::time::timeout(config.drain_deadline, &mut server).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!(
+                    deadline = ?config.drain_deadline,
+                    "drain deadline passed; closing the remaining connections"
+                );
+                server.abort();
+            }
+        }
+        cache.quit().await;
+        store.close().await;
+        tracing::info!("roster stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Probes the database every `interval` and reports NOT_SERVING while it
+/// does not answer. Redis plays no part: the service works without it.
+async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(interval).await;
+        let result = tokio::time::timeout(interval, store.ping()).await;
+        let healthy = matches!(result, Ok(Ok(())));
+        if healthy != serving {
+            serving = healthy;
+            if healthy {
+                tracing::info!("database reachable again; SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::error!(?result, "database unreachable; NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

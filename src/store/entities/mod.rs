@@ -1,0 +1,3 @@
+//! SeaORM entities, one per table.
+
+pub mod users;
