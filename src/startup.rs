@@ -52,7 +52,10 @@ impl Application {
             tracing::info!("no REDIS_URL; cache disabled");
             UserCache::disabled()
         } else {
-            UserCache::connect(&config.redis_url, config.cache_ttl, config.redis_timeout)?
+            let cache =
+                UserCache::connect(&config.redis_url, config.cache_ttl, config.redis_timeout)?;
+            cache.wait_connected(Duration::from_secs(1)).await;
+            cache
         };
         let listener = TcpListener::bind(config.listen_addr).await?;
         let users = Users::new(store.clone(), cache.clone(), hasher);

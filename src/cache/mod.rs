@@ -90,6 +90,22 @@ impl UserCache {
         Ok(cache)
     }
 
+    /// Waits up to `timeout` for the first connection, so a healthy Redis is
+    /// in use from the first call; returns early, connected or not.
+    pub async fn wait_connected(&self, timeout: Duration) {
+        if let Some(client) = &self.client {
+            if tokio::time::timeout(timeout, client.wait_for_connect())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    ?timeout,
+                    "redis not reachable yet; serving without the cache"
+                );
+            }
+        }
+    }
+
     /// The cached user, or `None` on a miss, a Redis error or a timeout.
     pub async fn get(&self, key: &NameKey) -> Option<User> {
         let client = self.connected()?;
