@@ -73,7 +73,7 @@ impl Application {
         // A bound TcpListener always knows its address.
         self.listener
             .local_addr()
-            .unwrap_or_else(|_| self.config.listen_addr)
+            .unwrap_or(self.config.listen_addr)
     }
 
     /// Serves until `shutdown` completes, then reports NOT_SERVING, waits the

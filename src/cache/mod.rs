@@ -93,16 +93,12 @@ impl UserCache {
     /// Waits up to `timeout` for the first connection, so a healthy Redis is
     /// in use from the first call; returns early, connected or not.
     pub async fn wait_connected(&self, timeout: Duration) {
-        if let Some(client) = &self.client {
-            if tokio::time::timeout(timeout, client.wait_for_connect())
+        if let Some(client) = &self.client
+            && tokio::time::timeout(timeout, client.wait_for_connect())
                 .await
                 .is_err()
-            {
-                tracing::warn!(
-                    ?timeout,
-                    "redis not reachable yet; serving without the cache"
-                );
-            }
+        {
+            tracing::warn!(?timeout, "redis not reachable yet; serving without the cache");
         }
     }
 

@@ -96,7 +96,9 @@ async fn bad_names_and_passwords_get_invalid_argument_with_the_field_and_reason(
     let long_name = "a".repeat(65);
     let huge_name = "é".repeat(30_000);
     let long_password = "p".repeat(1025);
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    // (name, password, expected (field, reason) violations)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
         ("", PASSWORD, &[("name", "NAME_EMPTY")]),
         ("a b", PASSWORD, &[("name", "NAME_WHITESPACE")]),
         ("a\tb", PASSWORD, &[("name", "NAME_WHITESPACE")]),
