@@ -1,1 +1,417 @@
-fn main() {}
+//! Roster's benchmark: one run, one server, every figure the README quotes.
+//!
+//! Starts Roster in this process on its own runtime (SQLite file in a temp
+//! directory, a private redis-server on a free port unless `--redis-url` is
+//! given), preloads users, then drives each call from a separate client runtime
+//! over loopback and counts only calls that returned OK.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use clap::Parser;
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig};
+use hdrhistogram::Histogram;
+use roster::{
+    config::Config,
+    credentials::{HashPolicy, PasswordHasher},
+    domain::{Password, UserName},
+    proto::roster::v1::{self as pb, user_service_client::UserServiceClient},
+    startup::Application,
+    store::entities::users,
+};
+use sea_orm::{ActiveValue::Set, Database, EntityTrait, TransactionTrait};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark Roster: Health/Check, GetUser hit and miss, CreateUser")]
+struct Args {
+    /// How long each scenario runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent calls in flight for the read scenarios.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Concurrent calls in flight for CreateUser.
+    #[arg(long, default_value_t = 16)]
+    create_concurrency: usize,
+    /// HTTP/2 connections the client spreads its calls over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Users preloaded into the database (the miss scenario reads each once).
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Worker threads of the server's runtime (default: the number of cores).
+    #[arg(long)]
+    server_threads: Option<usize>,
+}
+
+struct Report {
+    name: &'static str,
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<22} {:>10.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ({} ok, {} errors)",
+            self.name,
+            self.rate(),
+            self.latency.value_at_quantile(0.50) as f64 / 1000.0,
+            self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            self.ok,
+            self.errors,
+        );
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `duration`; only OK calls count.
+/// `call` returns `None` when it has no more work.
+async fn load<F, Fut>(
+    name: &'static str,
+    duration: Duration,
+    concurrency: usize,
+    channels: &[Channel],
+    call: F,
+) -> Report
+where
+    F: Fn(Channel) -> Option<Fut> + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let start = Instant::now();
+    let stop = start + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let (mut ok, mut errors) = (0u64, 0u64);
+                while Instant::now() < stop {
+                    let Some(future) = call(channel.clone()) else {
+                        break;
+                    };
+                    let began = Instant::now();
+                    match future.await {
+                        Ok(()) => {
+                            ok += 1;
+                            latency.saturating_record(began.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (ok, errors, latency)
+            })
+        })
+        .collect();
+    let mut report = Report {
+        name,
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    };
+    for task in tasks {
+        let (ok, errors, latency) = task.await.unwrap();
+        report.ok += ok;
+        report.errors += errors;
+        report.latency.add(latency).unwrap();
+    }
+    report.elapsed = start.elapsed();
+    report
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct PrivateRedis(Child);
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn start_redis(dir: &std::path::Path) -> (String, PrivateRedis) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (or pass --redis-url)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (format!("redis://127.0.0.1:{port}"), PrivateRedis(child))
+}
+
+fn name_of(i: usize) -> String {
+    format!("bench-user-{i}")
+}
+
+/// Inserts `count` users in large transactions, all with one real hash.
+async fn preload(database_url: &str, count: usize, phc: &str) {
+    let db = Database::connect(database_url).await.unwrap();
+    let now = Utc::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(5_000) {
+        let txn = db.begin().await.unwrap();
+        for batch in chunk.chunks(500) {
+            let rows = batch.iter().map(|&i| {
+                let name = UserName::parse(&name_of(i)).unwrap();
+                users::ActiveModel {
+                    id: Set(uuid::Uuid::now_v7()),
+                    name: Set(name.display().to_owned()),
+                    name_key: Set(name.key().as_str().to_owned()),
+                    password_hash: Set(phc.to_owned()),
+                    create_time: Set(now),
+                    update_time: Set(now),
+                }
+            });
+            users::Entity::insert_many(rows).exec(&txn).await.unwrap();
+        }
+        txn.commit().await.unwrap();
+    }
+    db.close().await.unwrap();
+}
+
+fn main() {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let dir = tempfile::tempdir().unwrap();
+    let (redis_url, _redis) = match &args.redis_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (url, child) = start_redis(dir.path());
+            (url, Some(child))
+        }
+    };
+    let database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let config = Config::parse_from([
+        "roster",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        &database_url,
+        "--redis-url",
+        &redis_url,
+        "--log-filter",
+        "warn",
+    ]);
+    roster::telemetry::init(config.log_format, &config.log_filter);
+
+    // argon2 alone: the CreateUser ceiling is cores / one hash's time.
+    let hasher = PasswordHasher::new(HashPolicy::default(), cores).unwrap();
+    let password = Password::parse("correct horse battery staple".into()).unwrap();
+    let phc = hasher.hash_blocking(&password).unwrap();
+    let rounds = 20;
+    let began = Instant::now();
+    for _ in 0..rounds {
+        hasher.hash_blocking(&password).unwrap();
+    }
+    let hash_time = began.elapsed() / rounds;
+    let argon2_ceiling = cores as f64 / hash_time.as_secs_f64();
+
+    // The server gets its own runtime, as it would in its own process.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.server_threads.unwrap_or(cores))
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!(
+        "roster-bench: {cores} cores, {} per scenario, concurrency {} over {} connections",
+        humantime::format_duration(args.duration),
+        args.concurrency,
+        args.connections
+    );
+    let app = server_runtime
+        .block_on(Application::build(config))
+        .expect("roster starts");
+    println!("preloading {} users ...", args.users);
+    client_runtime.block_on(preload(&database_url, args.users, phc.as_phc()));
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server_runtime.spawn(app.run_until(async {
+        stopped.await.ok();
+    }));
+
+    let reports = client_runtime.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            channels.push(
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let redis = Builder::from_config(RedisConfig::from_url(&redis_url).unwrap())
+            .build()
+            .unwrap();
+        redis.init().await.unwrap();
+        let _: () = redis.flushall(false).await.unwrap();
+
+        let mut reports = Vec::new();
+        reports.push(
+            load(
+                "Health/Check",
+                args.duration,
+                args.concurrency,
+                &channels,
+                |ch| {
+                    Some(async move {
+                        HealthClient::new(ch)
+                            .check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+
+        // Misses: each preloaded user is read once, with the cache empty.
+        let next = Arc::new(AtomicUsize::new(0));
+        let total = args.users;
+        let cursor = Arc::clone(&next);
+        let miss = load(
+            "GetUser (cache miss)",
+            args.duration,
+            args.concurrency,
+            &channels,
+            move |ch| {
+                let i = cursor.fetch_add(1, Ordering::Relaxed);
+                (i < total).then(|| async move {
+                    UserServiceClient::new(ch)
+                        .get_user(pb::GetUserRequest { name: name_of(i) })
+                        .await
+                        .map(drop)
+                })
+            },
+        )
+        .await;
+        let read = next.load(Ordering::Relaxed).min(total).max(1);
+        reports.push(miss);
+
+        // Hits: the users just read are all in Redis now.
+        let cursor = Arc::new(AtomicUsize::new(0));
+        reports.push(
+            load(
+                "GetUser (cache hit)",
+                args.duration,
+                args.concurrency,
+                &channels,
+                move |ch| {
+                    let i = cursor.fetch_add(1, Ordering::Relaxed) % read;
+                    Some(async move {
+                        UserServiceClient::new(ch)
+                            .get_user(pb::GetUserRequest { name: name_of(i) })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+
+        let cursor = Arc::new(AtomicUsize::new(total));
+        reports.push(
+            load(
+                "CreateUser",
+                args.duration,
+                args.create_concurrency,
+                &channels,
+                move |ch| {
+                    let i = cursor.fetch_add(1, Ordering::Relaxed);
+                    Some(async move {
+                        UserServiceClient::new(ch)
+                            .create_user(pb::CreateUserRequest {
+                                name: name_of(i),
+                                password: "correct horse battery staple".into(),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+        redis.quit().await.ok();
+        reports
+    });
+
+    stop.send(()).ok();
+    server_runtime.block_on(server).unwrap().unwrap();
+
+    println!();
+    for report in &reports {
+        report.print();
+    }
+    let rate = |name: &str| {
+        reports
+            .iter()
+            .find(|r| r.name == name)
+            .map_or(0.0, Report::rate)
+    };
+    let health = rate("Health/Check");
+    let hit = rate("GetUser (cache hit)");
+    let create = rate("CreateUser");
+    println!();
+    println!(
+        "argon2id alone: {:.1} ms per hash, ceiling {:.1} hashes/s on {cores} cores",
+        hash_time.as_secs_f64() * 1000.0,
+        argon2_ceiling
+    );
+    println!(
+        "GetUser hit / Health:   {:.2}  (target >= 0.50) {}",
+        hit / health,
+        verdict(hit / health >= 0.5)
+    );
+    println!(
+        "CreateUser / ceiling:   {:.2}  (target >= 0.80) {}",
+        create / argon2_ceiling,
+        verdict(create / argon2_ceiling >= 0.8)
+    );
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "BELOW TARGET" }
+}

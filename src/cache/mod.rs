@@ -98,7 +98,10 @@ impl UserCache {
                 .await
                 .is_err()
         {
-            tracing::warn!(?timeout, "redis not reachable yet; serving without the cache");
+            tracing::warn!(
+                ?timeout,
+                "redis not reachable yet; serving without the cache"
+            );
         }
     }
 
