@@ -319,7 +319,7 @@ fn main() {
             &channels,
             move |ch| {
                 let i = cursor.fetch_add(1, Ordering::Relaxed);
-                (i < total).then(|| async move {
+                (i < total).then_some(async move {
                     UserServiceClient::new(ch)
                         .get_user(pb::GetUserRequest { name: name_of(i) })
                         .await
