@@ -4,4 +4,5 @@
 mod cache;
 mod helpers;
 mod lifecycle;
+mod postgres;
 mod users;

@@ -1,0 +1,179 @@
+//! The Postgres path, through a TCP proxy the test can cut to make the
+//! database unreachable. Needs a Postgres server: ROSTER_TEST_POSTGRES_URL, or
+//! the local one at postgres://postgres@127.0.0.1:5432/test. Without one the
+//! test says so and passes (the rest of the suite needs no Postgres).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sea_orm::{ConnectionTrait, Database};
+use tokio::{net::TcpListener, sync::Mutex, task::JoinHandle};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::helpers::{RedisServer, eventually, spawn_with, test_config};
+
+/// Forwards loopback TCP to `upstream` until cut.
+struct Proxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let open = Arc::clone(&open);
+            let connections = Arc::clone(&connections);
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: the database is "down"
+                    }
+                    let upstream = upstream.clone();
+                    connections.lock().await.push(tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                .await
+                                .ok();
+                        }
+                    }));
+                }
+            }
+        });
+        Self {
+            port,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    async fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().await.drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn health(app: &crate::helpers::TestApp) -> i32 {
+    HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: "roster.v1.UserService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_health_and_errors_follow_the_database_being_reachable() {
+    let admin_url = std::env::var("ROSTER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let Ok(Ok(admin)) =
+        tokio::time::timeout(Duration::from_secs(3), Database::connect(&admin_url)).await
+    else {
+        eprintln!("SKIPPED: no Postgres at {admin_url}");
+        return;
+    };
+    let database = format!("roster_test_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
+    let host_port = host_port_of(&admin_url);
+    let proxy = Proxy::start(host_port.clone()).await;
+    let proxied = url_for(
+        &admin_url.replace(&host_port, &format!("127.0.0.1:{}", proxy.port)),
+        &database,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let mut config = test_config(&dir.path().join("unused.db"), "");
+    config.database_url = proxied;
+    let app = spawn_with(config, dir, redis).await;
+
+    let created = app.create_user("Postgres-User").await;
+    assert_eq!(app.get_user("postgres-user").await.unwrap(), created);
+    let status = app
+        .client
+        .clone()
+        .create_user(roster::proto::roster::v1::CreateUserRequest {
+            name: "POSTGRES-USER".into(),
+            password: crate::helpers::PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(health(&app).await, ServingStatus::Serving as i32);
+
+    proxy.cut().await;
+    let down = eventually(Duration::from_secs(10), || async {
+        health(&app).await == ServingStatus::NotServing as i32
+    })
+    .await;
+    assert!(
+        down,
+        "health goes NOT_SERVING while the database is unreachable"
+    );
+    let status = app.get_user("postgres-user").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        !status.message().contains("127.0.0.1"),
+        "no internals: {status:?}"
+    );
+
+    proxy.restore();
+    let up = eventually(Duration::from_secs(10), || async {
+        health(&app).await == ServingStatus::Serving as i32
+    })
+    .await;
+    assert!(up, "health returns to SERVING");
+    assert_eq!(app.get_user("postgres-user").await.unwrap(), created);
+
+    drop(app.stop().await);
+    drop(proxy);
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+/// `postgres://user@host:port/db` -> `host:port`.
+fn host_port_of(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let after_user = after_scheme
+        .split_once('@')
+        .map_or(after_scheme, |(_, rest)| rest);
+    after_user.split('/').next().unwrap_or_default().to_owned()
+}
+
+fn url_for(base: &str, database: &str) -> String {
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{database}")
+}
