@@ -49,6 +49,20 @@ pub struct Config {
     #[arg(long, env = "ROSTER_HASH_CONCURRENCY", default_value_t = 0)]
     pub hash_concurrency: usize,
 
+    /// Consecutive failed password checks an account may have before further
+    /// checks are refused for a while.
+    #[arg(long, env = "ROSTER_LOGIN_FAILURE_LIMIT", default_value_t = 10)]
+    pub login_failure_limit: u32,
+
+    /// The first refusal's delay after too many failures; it doubles with each
+    /// further failure.
+    #[arg(long, env = "ROSTER_LOGIN_BASE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub login_base_delay: Duration,
+
+    /// The longest delay a run of failures can cause.
+    #[arg(long, env = "ROSTER_LOGIN_MAX_DELAY", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub login_max_delay: Duration,
+
     /// Server-side ceiling on any call's duration (a client deadline may be shorter).
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,

@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
+use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
 use password_hash::{SaltString, rand_core::OsRng};
 use tokio::{sync::Semaphore, time::Instant};
 
@@ -39,6 +39,21 @@ impl PasswordHash {
     pub fn as_phc(&self) -> &str {
         &self.0
     }
+
+    /// Wraps a PHC string read back from storage.
+    pub fn from_stored(phc: String) -> Self {
+        Self(phc)
+    }
+}
+
+/// The outcome of a password check.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Whether the password matched.
+    pub valid: bool,
+    /// A new hash under the current policy, when the password matched a hash
+    /// made with weaker parameters (store it in place of the old one).
+    pub upgraded: Option<PasswordHash>,
 }
 
 impl fmt::Debug for PasswordHash {
@@ -54,21 +69,32 @@ impl fmt::Debug for PasswordHash {
 pub struct PasswordHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// A hash of a random password under the current policy: unknown users
+    /// are checked against it so that they cost what a real user costs.
+    dummy: PasswordHash,
 }
 
 impl PasswordHasher {
-    /// Builds a hasher; fails if the parameters are outside argon2's limits.
-    pub fn new(policy: HashPolicy, concurrency: usize) -> Result<Self, argon2::Error> {
+    /// Builds a hasher (hashing one dummy password); fails if the parameters
+    /// are outside argon2's limits.
+    pub fn new(policy: HashPolicy, concurrency: usize) -> Result<Self, Error> {
         let params = Params::new(
             policy.memory_kib,
             policy.iterations,
             policy.parallelism,
             None,
-        )?;
-        Ok(Self {
+        )
+        .map_err(Error::internal)?;
+        let mut hasher = Self {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-        })
+            dummy: PasswordHash(String::new()),
+        };
+        let random = SaltString::generate(&mut OsRng);
+        hasher.dummy = hasher
+            .hash_bytes(random.as_str().as_bytes())
+            .map_err(Error::internal)?;
+        Ok(hasher)
     }
 
     /// Hashes `password` with a fresh 128-bit salt. Waits for a hashing slot
@@ -78,6 +104,73 @@ impl PasswordHasher {
         password: Password,
         deadline: Option<Instant>,
     ) -> Result<PasswordHash, Error> {
+        self.off_runtime(deadline, move |hasher| hasher.hash_blocking(&password))
+            .await
+    }
+
+    /// Checks `password` against `stored`, or against the dummy hash when
+    /// there is no user, so both cases take the same time. A match on a hash
+    /// weaker than the current policy comes with an upgraded hash.
+    pub async fn verify(
+        &self,
+        password: Password,
+        stored: Option<PasswordHash>,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, Error> {
+        self.off_runtime(deadline, move |hasher| {
+            let exists = stored.is_some();
+            let stored = stored.unwrap_or_else(|| hasher.dummy.clone());
+            let parsed = argon2::PasswordHash::new(stored.as_phc()).map_err(Error::internal)?;
+            let matched = Argon2::default()
+                .verify_password(password.expose().as_bytes(), &parsed)
+                .is_ok();
+            let valid = exists && matched;
+            let upgraded = if valid && hasher.is_weaker(&parsed) {
+                Some(hasher.hash_blocking(&password)?)
+            } else {
+                None
+            };
+            Ok(Verdict { valid, upgraded })
+        })
+        .await
+    }
+
+    /// Hashes on the current thread; for the async path use [`Self::hash`].
+    pub fn hash_blocking(&self, password: &Password) -> Result<PasswordHash, Error> {
+        self.hash_bytes(password.expose().as_bytes())
+            .map_err(Error::internal)
+    }
+
+    fn hash_bytes(&self, bytes: &[u8]) -> Result<PasswordHash, password_hash::Error> {
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+            .hash_password(bytes, &salt)?
+            .to_string();
+        Ok(PasswordHash(phc))
+    }
+
+    /// True when `hash` is not argon2id or any cost is below the policy.
+    fn is_weaker(&self, hash: &argon2::PasswordHash<'_>) -> bool {
+        if hash.algorithm != Algorithm::Argon2id.ident() {
+            return true;
+        }
+        match Params::try_from(hash) {
+            Ok(params) => {
+                params.m_cost() < self.params.m_cost()
+                    || params.t_cost() < self.params.t_cost()
+                    || params.p_cost() < self.params.p_cost()
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a hashing slot is free, waiting
+    /// no later than `deadline`.
+    async fn off_runtime<T, F>(&self, deadline: Option<Instant>, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(&Self) -> Result<T, Error> + Send + 'static,
+        T: Send + 'static,
+    {
         let acquire = Arc::clone(&self.permits).acquire_owned();
         let permit = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, acquire)
@@ -88,22 +181,12 @@ impl PasswordHasher {
         .map_err(Error::internal)?;
         let hasher = self.clone();
         // The permit moves into the blocking task: if the caller goes away the
-        // hash still finishes, and the slot stays taken until it does.
+        // work still finishes, and the slot stays taken until it does.
         spawn_blocking_with_tracing(move || {
             let _permit = permit;
-            hasher.hash_blocking(&password)
+            work(&hasher)
         })
         .await
         .map_err(Error::internal)?
-    }
-
-    /// Hashes on the current thread; for the async path use [`Self::hash`].
-    pub fn hash_blocking(&self, password: &Password) -> Result<PasswordHash, Error> {
-        let salt = SaltString::generate(&mut OsRng);
-        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map_err(Error::internal)?
-            .to_string();
-        Ok(PasswordHash(phc))
     }
 }

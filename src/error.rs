@@ -26,6 +26,18 @@ pub enum Error {
     /// The database could not be reached, or stayed busy past its timeout.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sea_orm::DbErr),
+    /// Too many consecutive failed password checks for this account.
+    #[error("too many failed attempts")]
+    TooManyAttempts {
+        /// How long the caller must wait.
+        retry_after: std::time::Duration,
+    },
+    /// ChangePassword's current password is wrong (or the user is unknown).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// A concurrent write changed the record this call was updating.
+    #[error("concurrent update")]
+    ConcurrentUpdate,
     /// Every password-hashing slot stayed busy until the call's deadline.
     #[error("password hashing capacity exhausted")]
     HashingSaturated,
@@ -79,6 +91,25 @@ impl From<Error> for tonic::Status {
                 Code::Unavailable,
                 "the database is unavailable; retry later".to_owned(),
                 info("DATABASE_UNAVAILABLE"),
+            ),
+            Error::TooManyAttempts { retry_after } => {
+                let mut details = info("TOO_MANY_FAILED_ATTEMPTS");
+                details.set_retry_info(Some(*retry_after));
+                (
+                    Code::ResourceExhausted,
+                    "too many failed attempts; retry later".to_owned(),
+                    details,
+                )
+            }
+            Error::InvalidCredentials => (
+                Code::Unauthenticated,
+                "invalid name or password".to_owned(),
+                info("INVALID_CREDENTIALS"),
+            ),
+            Error::ConcurrentUpdate => (
+                Code::Aborted,
+                "the user changed concurrently; retry".to_owned(),
+                info("CONCURRENT_UPDATE"),
             ),
             Error::HashingSaturated => (
                 Code::ResourceExhausted,

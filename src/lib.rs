@@ -11,9 +11,13 @@ pub mod config;
 pub mod credentials;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 pub mod grpc;
 pub mod proto;
+pub mod single_flight;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod users;

@@ -9,12 +9,13 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::UserCache,
+    cache::{Redis, UserCache},
     config::Config,
     credentials::{HashPolicy, PasswordHasher},
     grpc::UserServiceImpl,
     proto::{self, roster::v1::user_service_server::UserServiceServer},
     store::Store,
+    throttle::{Throttle, ThrottlePolicy},
     users::Users,
 };
 
@@ -31,7 +32,7 @@ pub struct Application {
     listener: TcpListener,
     config: Config,
     store: Store,
-    cache: UserCache,
+    redis: Option<Redis>,
     users: Users,
 }
 
@@ -48,22 +49,30 @@ impl Application {
             config.effective_hash_concurrency(),
         )?;
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
-        let cache = if config.redis_url.is_empty() {
-            tracing::info!("no REDIS_URL; cache disabled");
-            UserCache::disabled()
+        let redis = if config.redis_url.is_empty() {
+            tracing::info!("no REDIS_URL; cache and login throttle disabled");
+            None
         } else {
-            let cache =
-                UserCache::connect(&config.redis_url, config.cache_ttl, config.redis_timeout)?;
-            cache.wait_connected(Duration::from_secs(1)).await;
-            cache
+            let redis = Redis::connect(&config.redis_url, config.redis_timeout)?;
+            redis.wait_connected(Duration::from_secs(1)).await;
+            Some(redis)
         };
+        let cache = UserCache::new(redis.clone(), config.cache_ttl);
+        let throttle = Throttle::new(
+            redis.clone(),
+            ThrottlePolicy {
+                limit: config.login_failure_limit,
+                base_delay: config.login_base_delay,
+                max_delay: config.login_max_delay,
+            },
+        );
         let listener = TcpListener::bind(config.listen_addr).await?;
-        let users = Users::new(store.clone(), cache.clone(), hasher);
+        let users = Users::new(store.clone(), cache, throttle, hasher);
         Ok(Self {
             listener,
             config,
             store,
-            cache,
+            redis,
             users,
         })
     }
@@ -84,7 +93,7 @@ impl Application {
             listener,
             config,
             store,
-            cache,
+            redis,
             users,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -140,7 +149,9 @@ impl Application {
                 server.abort();
             }
         }
-        cache.quit().await;
+        if let Some(redis) = redis {
+            redis.quit().await;
+        }
         store.close().await;
         tracing::info!("roster stopped");
         Ok(())

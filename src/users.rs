@@ -1,4 +1,7 @@
-//! The user use cases: the business rules of creating and reading users.
+//! The user use cases: the business rules of creating, reading, checking,
+//! changing, deleting and listing users.
+
+use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::time::Instant;
@@ -6,26 +9,32 @@ use tokio::time::Instant;
 use crate::{
     cache::UserCache,
     credentials::PasswordHasher,
-    domain::{Password, User, UserName},
+    domain::{NameKey, PageSize, Password, User, UserCursor, UserName},
     error::Error,
+    single_flight::SingleFlight,
     store::Store,
+    throttle::Throttle,
 };
 
-/// Creates and reads users over the store, the cache and the password hasher.
+/// The user use cases over the store, the cache, the throttle and the hasher.
 #[derive(Clone)]
 pub struct Users {
     store: Store,
     cache: UserCache,
+    throttle: Throttle,
     hasher: PasswordHasher,
+    misses: Arc<SingleFlight<NameKey, Option<User>>>,
 }
 
 impl Users {
     /// Wires the use cases to their dependencies.
-    pub fn new(store: Store, cache: UserCache, hasher: PasswordHasher) -> Self {
+    pub fn new(store: Store, cache: UserCache, throttle: Throttle, hasher: PasswordHasher) -> Self {
         Self {
             store,
             cache,
+            throttle,
             hasher,
+            misses: Arc::default(),
         }
     }
 
@@ -39,25 +48,147 @@ impl Users {
         deadline: Option<Instant>,
     ) -> Result<User, Error> {
         let hash = self.hasher.hash(password, deadline).await?;
+        // The lease is taken before the commit: a delete committed after ours
+        // voids it, so this fill cannot resurrect a deleted user.
+        let lease = self.cache.lease(name.key()).await;
         let user = self.store.insert_user(&name, &hash, Utc::now()).await?;
-        self.cache.put(name.key(), &user).await;
+        if let Some(token) = lease {
+            self.cache.fill(name.key(), &user, &token).await;
+        }
         tracing::info!(user_id = %user.id, "user created");
         Ok(user)
     }
 
-    /// Reads a user through the cache: a hit is served from Redis; a miss
-    /// reads the database and fills the cache.
+    /// Reads a user through the cache: a hit is served from Redis; concurrent
+    /// misses share one database read, whose result fills the cache unless a
+    /// write happened in between.
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn get(&self, name: UserName) -> Result<User, Error> {
-        if let Some(user) = self.cache.get(name.key()).await {
+        let key = name.key();
+        if let Some(user) = self.cache.get(key).await {
             return Ok(user);
         }
         let user = self
+            .misses
+            .run(key, || async {
+                let lease = self.cache.lease(key).await;
+                #[cfg(feature = "failpoints")]
+                crate::failpoint::hit("user-db-read", key.as_str()).await;
+                let user = self.store.find_user(key).await?;
+                #[cfg(feature = "failpoints")]
+                crate::failpoint::hit("user-fill", key.as_str()).await;
+                if let (Some(user), Some(token)) = (&user, lease) {
+                    self.cache.fill(key, user, &token).await;
+                }
+                Ok::<_, Error>(user)
+            })
+            .await?;
+        user.ok_or(Error::UserNotFound)
+    }
+
+    /// Checks a password; `None` for a wrong password or an unknown user, which
+    /// cost the same (an unknown user is checked against a dummy hash). Never
+    /// reads the cache. Upgrades a hash weaker than the current policy.
+    #[tracing::instrument(skip_all, fields(user = %name.key()))]
+    pub async fn verify_password(
+        &self,
+        name: UserName,
+        password: Password,
+        deadline: Option<Instant>,
+    ) -> Result<Option<User>, Error> {
+        let key = name.key();
+        self.throttle.check(key).await?;
+        let record = self.store.find_credentials(key).await?;
+        let stored = record.as_ref().map(|(_, hash)| hash.clone());
+        let verdict = self.hasher.verify(password, stored, deadline).await?;
+        let Some((user, old_hash)) = record.filter(|_| verdict.valid) else {
+            self.throttle.record_failure(key).await;
+            return Ok(None);
+        };
+        self.throttle.record_success(key).await;
+        if let Some(upgraded) = verdict.upgraded {
+            // update_time is left alone: the user did not change anything.
+            match self
+                .store
+                .replace_password_hash(&user, &old_hash, &upgraded, false)
+                .await
+            {
+                Ok(Some(_)) => tracing::info!("password hash upgraded to the current policy"),
+                Ok(None) => tracing::info!("password changed concurrently; no upgrade"),
+                Err(error) => tracing::warn!(
+                    error = %crate::error::Chain(&error),
+                    "password hash upgrade failed; will retry at the next check"
+                ),
+            }
+        }
+        Ok(Some(user))
+    }
+
+    /// Replaces a password after checking the current one (throttled like
+    /// [`Self::verify_password`]); invalidates the cache entry after commit.
+    #[tracing::instrument(skip_all, fields(user = %name.key()))]
+    pub async fn change_password(
+        &self,
+        name: UserName,
+        current: Password,
+        new: Password,
+        deadline: Option<Instant>,
+    ) -> Result<User, Error> {
+        let key = name.key();
+        self.throttle.check(key).await?;
+        let record = self.store.find_credentials(key).await?;
+        let stored = record.as_ref().map(|(_, hash)| hash.clone());
+        let verdict = self.hasher.verify(current, stored, deadline).await?;
+        let Some((user, old_hash)) = record.filter(|_| verdict.valid) else {
+            self.throttle.record_failure(key).await;
+            return Err(Error::InvalidCredentials);
+        };
+        self.throttle.record_success(key).await;
+        let new_hash = self.hasher.hash(new, deadline).await?;
+        let updated = self
             .store
-            .find_user(name.key())
-            .await?
-            .ok_or(Error::UserNotFound)?;
-        self.cache.put(name.key(), &user).await;
+            .replace_password_hash(&user, &old_hash, &new_hash, true)
+            .await?;
+        self.cache.invalidate(key).await;
+        let user = updated.ok_or(Error::ConcurrentUpdate)?;
+        tracing::info!(user_id = %user.id, "password changed");
         Ok(user)
+    }
+
+    /// Deletes a user and everything that belongs to them; the name is free
+    /// again at once. Invalidates the cache entry after commit.
+    #[tracing::instrument(skip_all, fields(user = %name.key()))]
+    pub async fn delete(&self, name: UserName) -> Result<(), Error> {
+        let deleted = self.store.delete_user(name.key()).await?;
+        self.cache.invalidate(name.key()).await;
+        if deleted {
+            tracing::info!("user deleted");
+            Ok(())
+        } else {
+            Err(Error::UserNotFound)
+        }
+    }
+
+    /// One page of users in canonical-name order, and the cursor of the next
+    /// page if there is one.
+    #[tracing::instrument(skip_all)]
+    pub async fn list(
+        &self,
+        size: PageSize,
+        cursor: Option<UserCursor>,
+    ) -> Result<(Vec<User>, Option<UserCursor>), Error> {
+        let limit = u64::from(size.get());
+        // One extra row tells whether another page follows.
+        let mut rows = self
+            .store
+            .list_users(cursor.as_ref().map(UserCursor::key), limit + 1)
+            .await?;
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            rows.last().map(|(key, _)| UserCursor::after(key.clone()))
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(|(_, user)| user).collect(), next))
     }
 }

@@ -1,53 +1,31 @@
-//! The Redis read-through cache of users (fred). Keys, TTL, get and fill.
-//! A cache failure never fails a call: every error or timeout is a miss.
+//! Redis (fred): one fail-open connection shared by the user cache and the
+//! login throttle. A Redis failure never fails a call.
+
+mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use fred::{
-    prelude::{
-        Builder, ClientLike, Config as RedisConfig, Error as RedisError, EventInterface,
-        Expiration, KeysInterface, ReconnectPolicy, TcpConfig,
-    },
-    types::Key,
-};
-use prost::{Message, bytes::Bytes};
-
-use crate::{
-    domain::{NameKey, User},
-    proto::roster::v1 as pb,
-    telemetry::LogThrottle,
+use fred::prelude::{
+    Builder, ClientLike, Config as RedisConfig, Error as RedisError, EventInterface,
+    ReconnectPolicy, TcpConfig,
 };
 
-/// Version of the key scheme and value encoding; bump it to orphan old entries.
-const KEY_PREFIX: &str = "roster:v1:user:";
+use crate::telemetry::LogThrottle;
 
-/// The Redis key that caches the user with canonical name `key`.
-pub fn user_key(key: &NameKey) -> String {
-    format!("{KEY_PREFIX}{key}")
-}
+pub use users::{UserCache, lease_key, user_key};
 
-/// The user cache. Cheap to clone; a disabled cache misses on every read.
+/// A Redis connection that is used only while it is up. Cheap to clone.
 #[derive(Clone)]
-pub struct UserCache {
-    client: Option<fred::clients::Client>,
-    ttl: Duration,
+pub struct Redis {
+    client: fred::clients::Client,
     warnings: Arc<LogThrottle>,
 }
 
-impl UserCache {
-    /// A cache that never holds anything (no Redis configured).
-    pub fn disabled() -> Self {
-        Self {
-            client: None,
-            ttl: Duration::ZERO,
-            warnings: Arc::new(LogThrottle::new(Duration::from_secs(10))),
-        }
-    }
-
+impl Redis {
     /// Starts connecting to `url` in the background and returns at once:
     /// Roster serves without Redis and starts using it once it answers.
     /// Fails only when the URL itself is invalid.
-    pub fn connect(url: &str, ttl: Duration, timeout: Duration) -> Result<Self, RedisError> {
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self, RedisError> {
         let mut config = RedisConfig::from_url(url)?;
         // Without this fred gives up for good when the first connection fails;
         // with it, the reconnect policy applies from the start. Commands never
@@ -69,16 +47,15 @@ impl UserCache {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()?;
-        let cache = Self {
-            client: Some(client.clone()),
-            ttl,
+        let redis = Self {
+            client: client.clone(),
             warnings: Arc::new(LogThrottle::new(Duration::from_secs(10))),
         };
         client.on_reconnect(|server| async move {
             tracing::info!(%server, "redis connected; cache in use");
             Ok(())
         });
-        let warnings = Arc::clone(&cache.warnings);
+        let warnings = Arc::clone(&redis.warnings);
         client.on_error(move |(error, server)| {
             if let Some(suppressed) = warnings.admit() {
                 tracing::warn!(%error, ?server, suppressed, "redis connection error; cache bypassed");
@@ -87,81 +64,38 @@ impl UserCache {
         });
         // Detached: the connection task reconnects on its own until `quit`.
         drop(client.connect());
-        Ok(cache)
+        Ok(redis)
     }
 
     /// Waits up to `timeout` for the first connection, so a healthy Redis is
     /// in use from the first call; returns early, connected or not.
     pub async fn wait_connected(&self, timeout: Duration) {
-        if let Some(client) = &self.client
-            && tokio::time::timeout(timeout, client.wait_for_connect())
-                .await
-                .is_err()
-        {
-            tracing::warn!(
-                ?timeout,
-                "redis not reachable yet; serving without the cache"
-            );
-        }
-    }
-
-    /// The cached user, or `None` on a miss, a Redis error or a timeout.
-    pub async fn get(&self, key: &NameKey) -> Option<User> {
-        let client = self.connected()?;
-        match client
-            .get::<Option<Bytes>, _>(Key::from(user_key(key)))
+        if tokio::time::timeout(timeout, self.client.wait_for_connect())
             .await
+            .is_err()
         {
-            Ok(Some(bytes)) => match decode(&bytes) {
-                Some(user) => Some(user),
-                None => {
-                    self.warn("undecodable cache entry; treated as a miss", None);
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(error) => {
-                self.warn("redis read failed; treated as a miss", Some(&error));
-                None
-            }
-        }
-    }
-
-    /// Stores `user` under `key` for the configured TTL. Failures are logged only.
-    pub async fn put(&self, key: &NameKey, user: &User) {
-        let Some(client) = self.connected() else {
-            return;
-        };
-        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-        let value = Bytes::from(pb::User::from(user).encode_to_vec());
-        let result: Result<(), _> = client
-            .set(user_key(key), value, Some(Expiration::EX(ttl)), None, false)
-            .await;
-        if let Err(error) = result {
-            self.warn("redis write failed; cache not filled", Some(&error));
+            tracing::warn!(?timeout, "redis not reachable yet; serving without it");
         }
     }
 
     /// Closes the connection.
     pub async fn quit(&self) {
-        if let Some(client) = &self.client {
-            drop(client.quit().await);
-        }
+        drop(self.client.quit().await);
     }
 
-    /// The client when it is connected; a disconnected cache misses at once
-    /// instead of waiting for a timeout on every call.
-    fn connected(&self) -> Option<&fred::clients::Client> {
-        let client = self.client.as_ref()?;
-        if client.is_connected() {
-            Some(client)
+    /// The client when it is connected; a disconnected Redis is skipped at
+    /// once instead of waiting for a timeout on every call.
+    pub(crate) fn connected(&self) -> Option<&fred::clients::Client> {
+        if self.client.is_connected() {
+            Some(&self.client)
         } else {
-            self.warn("redis not connected; cache bypassed", None);
+            self.warn("redis not connected; bypassed", None);
             None
         }
     }
 
-    fn warn(&self, what: &str, error: Option<&RedisError>) {
+    /// Logs a Redis problem, at most once per 10 s.
+    pub(crate) fn warn(&self, what: &str, error: Option<&RedisError>) {
         if let Some(suppressed) = self.warnings.admit() {
             match error {
                 Some(error) => tracing::warn!(%error, suppressed, "{what}"),
@@ -169,8 +103,4 @@ impl UserCache {
             }
         }
     }
-}
-
-fn decode(bytes: &[u8]) -> Option<User> {
-    pb::User::decode(bytes).ok()?.try_into().ok()
 }

@@ -1,9 +1,11 @@
 //! Types that are valid by construction: parse once at the edge, trust afterwards. No I/O.
 
+mod page;
 mod password;
 mod user;
 mod user_name;
 
+pub use page::{PageSize, UserCursor};
 pub use password::{PASSWORD_RULE_VERSION, Password};
 pub use user::User;
 pub use user_name::{NameKey, UserName};

@@ -1,12 +1,26 @@
 //! Passwords, password rule v1: 8 or more code points, at most 1024 bytes, any
-//! Unicode, normalized to NFC before hashing.
+//! Unicode, normalized to NFC before hashing; new passwords must also not be
+//! common or the user's own name.
 
-use std::fmt;
+use std::{collections::HashSet, fmt, sync::LazyLock};
 
 use secrecy::{ExposeSecret, SecretString, zeroize::Zeroize};
 use unicode_normalization::UnicodeNormalization;
 
-use super::Invalid;
+use super::{Invalid, UserName};
+
+/// The 100,000 most common passwords of the SecLists "10 million password list"
+/// (MIT), one per line, shipped inside the binary so the check needs no network.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+static COMMON: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    COMMON_PASSWORDS
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+});
 
 /// The version of the password rules below; bump it when they change.
 pub const PASSWORD_RULE_VERSION: u32 = 1;
@@ -22,20 +36,62 @@ impl Password {
     pub const MAX_BYTES: usize = 1024;
 
     /// Checks `raw` against rule v1 and normalizes it to NFC. `raw` is wiped.
-    pub fn parse(mut raw: String) -> Result<Self, Invalid> {
-        let result = Self::check(&raw);
+    pub fn parse(raw: String) -> Result<Self, Invalid> {
+        Self::parse_with(raw, Self::check_length)
+    }
+
+    /// A password to set (CreateUser, ChangePassword): rule v1, and neither a
+    /// common password nor the user's own name, compared without regard to case.
+    pub fn parse_new(raw: String, name: Option<&UserName>) -> Result<Self, Invalid> {
+        let password = Self::parse(raw)?;
+        let folded = password.expose().to_lowercase();
+        if COMMON.contains(&folded) {
+            return Err(Invalid::new(
+                "PASSWORD_TOO_COMMON",
+                "password is too common; choose another",
+            ));
+        }
+        if name.is_some_and(|name| {
+            folded == name.key().as_str() || folded == name.display().to_lowercase()
+        }) {
+            return Err(Invalid::new(
+                "PASSWORD_IS_NAME",
+                "password must not be the user's name",
+            ));
+        }
+        Ok(password)
+    }
+
+    /// A password to check against a stored hash: only the byte cap applies, so
+    /// a password set under older rules can still be verified.
+    pub fn parse_candidate(raw: String) -> Result<Self, Invalid> {
+        Self::parse_with(raw, |normalized| {
+            if normalized.is_empty() {
+                Err(Invalid::new("PASSWORD_EMPTY", "password is required"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn parse_with(
+        mut raw: String,
+        check: impl FnOnce(&str) -> Result<(), Invalid>,
+    ) -> Result<Self, Invalid> {
+        let result = if raw.len() > Self::MAX_BYTES {
+            Err(Invalid::new(
+                "PASSWORD_TOO_LONG",
+                format!("password must be at most {} bytes", Self::MAX_BYTES),
+            ))
+        } else {
+            let normalized: String = raw.nfc().collect();
+            check(&normalized).map(|()| Self(SecretString::from(normalized)))
+        };
         raw.zeroize();
         result
     }
 
-    fn check(raw: &str) -> Result<Self, Invalid> {
-        if raw.len() > Self::MAX_BYTES {
-            return Err(Invalid::new(
-                "PASSWORD_TOO_LONG",
-                format!("password must be at most {} bytes", Self::MAX_BYTES),
-            ));
-        }
-        let normalized: String = raw.nfc().collect();
+    fn check_length(normalized: &str) -> Result<(), Invalid> {
         if normalized.chars().count() < Self::MIN_CODE_POINTS {
             return Err(Invalid::new(
                 "PASSWORD_TOO_SHORT",
@@ -45,7 +101,7 @@ impl Password {
                 ),
             ));
         }
-        Ok(Self(SecretString::from(normalized)))
+        Ok(())
     }
 
     /// The NFC-normalized password, for hashing and verifying only.
@@ -89,6 +145,33 @@ mod tests {
         let composed = Password::parse("caf\u{e9}-1234".into()).unwrap();
         let decomposed = Password::parse("cafe\u{301}-1234".into()).unwrap();
         assert_eq!(composed.expose(), decomposed.expose());
+    }
+
+    #[test]
+    fn new_passwords_must_not_be_common_or_the_name() {
+        let name = UserName::parse("Mallory-1999").unwrap();
+        let new = |raw: &str| Password::parse_new(raw.into(), Some(&name)).map(drop);
+        assert_eq!(new("password").unwrap_err().reason, "PASSWORD_TOO_COMMON");
+        assert_eq!(new("PassWord").unwrap_err().reason, "PASSWORD_TOO_COMMON");
+        assert_eq!(new("iloveyou").unwrap_err().reason, "PASSWORD_TOO_COMMON");
+        assert_eq!(new("MALLORY-1999").unwrap_err().reason, "PASSWORD_IS_NAME");
+        assert!(new("correct horse battery staple").is_ok());
+        assert!(COMMON.len() >= 10_000);
+    }
+
+    #[test]
+    fn candidates_only_need_to_be_non_empty_and_within_the_byte_cap() {
+        assert!(Password::parse_candidate("short".into()).is_ok());
+        assert_eq!(
+            Password::parse_candidate(String::new()).unwrap_err().reason,
+            "PASSWORD_EMPTY"
+        );
+        assert_eq!(
+            Password::parse_candidate("a".repeat(1025))
+                .unwrap_err()
+                .reason,
+            "PASSWORD_TOO_LONG"
+        );
     }
 
     #[test]

@@ -4,11 +4,16 @@ use tonic::{Request, Response, Status};
 
 use super::{Fields, deadline};
 use crate::{
-    domain::{Password, UserName},
+    domain::{PageSize, Password, UserCursor, UserName},
     error::Error,
     proto::roster::v1::{self as pb, user_service_server::UserService},
     users::Users,
 };
+
+/// ListUsers page size when the request leaves it at 0.
+const LIST_USERS_DEFAULT: u32 = 50;
+/// Larger ListUsers page sizes are lowered to this.
+const LIST_USERS_MAX: u32 = 1000;
 
 /// The gRPC face of [`Users`].
 pub struct UserServiceImpl {
@@ -32,7 +37,10 @@ impl UserService for UserServiceImpl {
         let request = request.into_inner();
         let mut fields = Fields::new();
         let name = fields.check("name", UserName::parse(&request.name));
-        let password = fields.check("password", Password::parse(request.password));
+        let password = fields.check(
+            "password",
+            Password::parse_new(request.password, name.as_ref()),
+        );
         let (name, password) = fields.finish(name.zip(password))?;
         let user = self.users.create(name, password, deadline).await?;
         Ok(Response::new(pb::CreateUserResponse {
@@ -49,6 +57,78 @@ impl UserService for UserServiceImpl {
         let user = self.users.get(name).await?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some((&user).into()),
+        }))
+    }
+
+    async fn verify_password(
+        &self,
+        request: Request<pb::VerifyPasswordRequest>,
+    ) -> Result<Response<pb::VerifyPasswordResponse>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let mut fields = Fields::new();
+        let name = fields.check("name", UserName::parse(&request.name));
+        let password = fields.check("password", Password::parse_candidate(request.password));
+        let (name, password) = fields.finish(name.zip(password))?;
+        let user = self.users.verify_password(name, password, deadline).await?;
+        Ok(Response::new(pb::VerifyPasswordResponse {
+            valid: user.is_some(),
+            user: user.as_ref().map(Into::into),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let mut fields = Fields::new();
+        let name = fields.check("name", UserName::parse(&request.name));
+        let current = fields.check(
+            "current_password",
+            Password::parse_candidate(request.current_password),
+        );
+        let new = fields.check(
+            "new_password",
+            Password::parse_new(request.new_password, name.as_ref()),
+        );
+        let ((name, current), new) = fields.finish(name.zip(current).zip(new))?;
+        let user = self
+            .users
+            .change_password(name, current, new, deadline)
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            user: Some((&user).into()),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let name = UserName::parse(&request.into_inner().name)
+            .map_err(|invalid| Error::InvalidArgument(vec![invalid.on("name")]))?;
+        self.users.delete(name).await?;
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        let mut fields = Fields::new();
+        let size = fields.check(
+            "page_size",
+            PageSize::parse(request.page_size, LIST_USERS_DEFAULT, LIST_USERS_MAX),
+        );
+        let cursor = fields.check("page_token", UserCursor::parse(&request.page_token));
+        let (size, cursor) = fields.finish(size.zip(cursor))?;
+        let (users, next) = self.users.list(size, cursor).await?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(Into::into).collect(),
+            next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
         }))
     }
 }

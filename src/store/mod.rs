@@ -10,7 +10,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, RuntimeErr, SqlErr, Statement,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqlErr, Statement,
+    sea_query::Expr,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
@@ -129,6 +130,94 @@ impl Store {
             create_time: model.create_time,
             update_time: model.update_time,
         })
+    }
+
+    /// Reads a user and their password hash, for a password check only.
+    #[tracing::instrument(skip_all, fields(user = %key))]
+    pub async fn find_credentials(
+        &self,
+        key: &NameKey,
+    ) -> Result<Option<(User, PasswordHash)>, Error> {
+        let row = users::Entity::find()
+            .filter(users::Column::NameKey.eq(key.as_str()))
+            .one(&self.reader)
+            .await
+            .map_err(classify)?;
+        Ok(row.map(|row| {
+            let hash = PasswordHash::from_stored(row.password_hash);
+            let user = User {
+                id: row.id,
+                name: row.name,
+                create_time: row.create_time,
+                update_time: row.update_time,
+            };
+            (user, hash)
+        }))
+    }
+
+    /// Replaces `user`'s password hash if it is still `old` (a concurrent
+    /// change wins otherwise). With `touch`, update_time advances. Returns the
+    /// updated user, or `None` when the hash had changed underneath.
+    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    pub async fn replace_password_hash(
+        &self,
+        user: &User,
+        old: &PasswordHash,
+        new: &PasswordHash,
+        touch: bool,
+    ) -> Result<Option<User>, Error> {
+        let mut updated = user.clone();
+        if touch {
+            // Strictly later than before, even within one microsecond.
+            let now = Utc::now().trunc_subsecs(6);
+            updated.update_time = now.max(user.update_time + chrono::Duration::microseconds(1));
+        }
+        let result = users::Entity::update_many()
+            .col_expr(users::Column::PasswordHash, Expr::value(new.as_phc()))
+            .col_expr(users::Column::UpdateTime, Expr::value(updated.update_time))
+            .filter(users::Column::Id.eq(user.id))
+            .filter(users::Column::PasswordHash.eq(old.as_phc()))
+            .exec(&self.writer)
+            .await
+            .map_err(classify)?;
+        Ok((result.rows_affected == 1).then_some(updated))
+    }
+
+    /// Deletes the user and, through ON DELETE CASCADE foreign keys,
+    /// everything that belongs to them, in one statement (one transaction).
+    /// `false` when there was no such user.
+    #[tracing::instrument(skip_all, fields(user = %key))]
+    pub async fn delete_user(&self, key: &NameKey) -> Result<bool, Error> {
+        let result = users::Entity::delete_many()
+            .filter(users::Column::NameKey.eq(key.as_str()))
+            .exec(&self.writer)
+            .await
+            .map_err(classify)?;
+        Ok(result.rows_affected > 0)
+    }
+
+    /// Up to `limit` users with canonical names after `after`, in canonical
+    /// name order (keyset pagination: stable while others come and go).
+    #[tracing::instrument(skip_all)]
+    pub async fn list_users(
+        &self,
+        after: Option<&NameKey>,
+        limit: u64,
+    ) -> Result<Vec<(NameKey, User)>, Error> {
+        let mut query = users::Entity::find().order_by_asc(users::Column::NameKey);
+        if let Some(after) = after {
+            query = query.filter(users::Column::NameKey.gt(after.as_str()));
+        }
+        let rows = query
+            .limit(limit)
+            .into_partial_model::<users::PublicUser>()
+            .all(&self.reader)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (NameKey::from_stored(row.name_key.clone()), User::from(row)))
+            .collect())
     }
 
     /// Reads a user's public fields by canonical name.

@@ -37,6 +37,8 @@ pub struct PublicUser {
     pub id: Uuid,
     /// See [`Model::name`].
     pub name: String,
+    /// See [`Model::name_key`].
+    pub name_key: String,
     /// See [`Model::create_time`].
     pub create_time: ChronoDateTimeUtc,
     /// See [`Model::update_time`].

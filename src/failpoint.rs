@@ -1,0 +1,74 @@
+//! Test-only failpoints, compiled only with the `failpoints` feature (the
+//! integration tests enable it): pause a code path at a named point for one
+//! user key, count how often a point is passed, or switch a guard off.
+//! Keyed by user so tests running in parallel do not disturb each other.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, LazyLock, Mutex},
+};
+
+use tokio::sync::Notify;
+
+/// A one-shot pause: the code path signals `reached`, then waits for `resume`.
+#[derive(Default)]
+pub struct Pause {
+    pub reached: Notify,
+    pub resume: Notify,
+}
+
+static PAUSES: LazyLock<Mutex<HashMap<(&'static str, String), Arc<Pause>>>> =
+    LazyLock::new(Mutex::default);
+static COUNTS: LazyLock<Mutex<HashMap<(&'static str, String), usize>>> =
+    LazyLock::new(Mutex::default);
+static UNGUARDED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// Pauses the next pass through `point` for `key`.
+pub fn arm(point: &'static str, key: &str) -> Arc<Pause> {
+    let pause = Arc::new(Pause::default());
+    PAUSES
+        .lock()
+        .unwrap()
+        .insert((point, key.to_owned()), Arc::clone(&pause));
+    pause
+}
+
+/// Called by the code path: counts the pass, and pauses if armed.
+pub async fn hit(point: &'static str, key: &str) {
+    *COUNTS
+        .lock()
+        .unwrap()
+        .entry((point, key.to_owned()))
+        .or_default() += 1;
+    let pause = PAUSES.lock().unwrap().remove(&(point, key.to_owned()));
+    if let Some(pause) = pause {
+        pause.reached.notify_one();
+        pause.resume.notified().await;
+    }
+}
+
+/// How many times `point` was passed for `key`.
+pub fn count(point: &'static str, key: &str) -> usize {
+    COUNTS
+        .lock()
+        .unwrap()
+        .get(&(point, key.to_owned()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Turns the cache-fill guard off (or back on) for `key`.
+pub fn set_unguarded(key: &str, unguarded: bool) {
+    let mut keys = UNGUARDED.lock().unwrap();
+    if unguarded {
+        keys.insert(key.to_owned());
+    } else {
+        keys.remove(key);
+    }
+}
+
+/// Whether the cache-fill guard is off for `key`.
+pub fn is_unguarded(key: &str) -> bool {
+    UNGUARDED.lock().unwrap().contains(key)
+}
