@@ -18,10 +18,11 @@ pub struct Pause {
     pub resume: Notify,
 }
 
-static PAUSES: LazyLock<Mutex<HashMap<(&'static str, String), Arc<Pause>>>> =
-    LazyLock::new(Mutex::default);
-static COUNTS: LazyLock<Mutex<HashMap<(&'static str, String), usize>>> =
-    LazyLock::new(Mutex::default);
+/// A failpoint name and the user key it applies to.
+type Point = (&'static str, String);
+
+static PAUSES: LazyLock<Mutex<HashMap<Point, Arc<Pause>>>> = LazyLock::new(Mutex::default);
+static COUNTS: LazyLock<Mutex<HashMap<Point, usize>>> = LazyLock::new(Mutex::default);
 static UNGUARDED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
 
 /// Pauses the next pass through `point` for `key`.

@@ -2,7 +2,10 @@
 //! file, a private redis-server, and a real tonic client over TCP.
 
 mod cache;
+mod consistency;
+mod credentials;
 mod helpers;
 mod lifecycle;
+mod lifecycle_users;
 mod postgres;
 mod users;
