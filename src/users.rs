@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::{
     cache::UserCache,
-    credentials::PasswordHasher,
+    credentials::{PasswordHash, PasswordHasher},
     domain::{NameKey, PageSize, Password, User, UserCursor, UserName},
     error::Error,
     single_flight::SingleFlight,
@@ -96,17 +96,12 @@ impl Users {
         password: Password,
         deadline: Option<Instant>,
     ) -> Result<Option<User>, Error> {
-        let key = name.key();
-        self.throttle.check(key).await?;
-        let record = self.store.find_credentials(key).await?;
-        let stored = record.as_ref().map(|(_, hash)| hash.clone());
-        let verdict = self.hasher.verify(password, stored, deadline).await?;
-        let Some((user, old_hash)) = record.filter(|_| verdict.valid) else {
-            self.throttle.record_failure(key).await;
+        let Some((user, old_hash, upgraded)) =
+            self.check_password(name.key(), password, deadline).await?
+        else {
             return Ok(None);
         };
-        self.throttle.record_success(key).await;
-        if let Some(upgraded) = verdict.upgraded {
+        if let Some(upgraded) = upgraded {
             // update_time is left alone: the user did not change anything.
             match self
                 .store
@@ -135,15 +130,10 @@ impl Users {
         deadline: Option<Instant>,
     ) -> Result<User, Error> {
         let key = name.key();
-        self.throttle.check(key).await?;
-        let record = self.store.find_credentials(key).await?;
-        let stored = record.as_ref().map(|(_, hash)| hash.clone());
-        let verdict = self.hasher.verify(current, stored, deadline).await?;
-        let Some((user, old_hash)) = record.filter(|_| verdict.valid) else {
-            self.throttle.record_failure(key).await;
-            return Err(Error::InvalidCredentials);
-        };
-        self.throttle.record_success(key).await;
+        let (user, old_hash, _) = self
+            .check_password(key, current, deadline)
+            .await?
+            .ok_or(Error::InvalidCredentials)?;
         let new_hash = self.hasher.hash(new, deadline).await?;
         let updated = self
             .store
@@ -153,6 +143,32 @@ impl Users {
         let user = updated.ok_or(Error::ConcurrentUpdate)?;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(user)
+    }
+
+    /// The throttled password check behind VerifyPassword and ChangePassword:
+    /// the user, their stored hash and an upgraded hash (if the stored one is
+    /// weaker than the policy) when `password` is theirs; `None` otherwise,
+    /// counted as a failure. Unknown users cost the same as wrong passwords.
+    async fn check_password(
+        &self,
+        key: &NameKey,
+        password: Password,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(User, PasswordHash, Option<PasswordHash>)>, Error> {
+        self.throttle.check(key).await?;
+        let record = self.store.find_credentials(key).await?;
+        let stored = record.as_ref().map(|(_, hash)| hash.clone());
+        let verdict = self.hasher.verify(password, stored, deadline).await?;
+        match record.filter(|_| verdict.valid) {
+            Some((user, hash)) => {
+                self.throttle.record_success(key).await;
+                Ok(Some((user, hash, verdict.upgraded)))
+            }
+            None => {
+                self.throttle.record_failure(key).await;
+                Ok(None)
+            }
+        }
     }
 
     /// Deletes a user and everything that belongs to them; the name is free
