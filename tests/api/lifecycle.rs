@@ -54,6 +54,8 @@ async fn reflection_lists_and_describes_every_service() {
         MessageRequest::ListServices(String::new()),
         MessageRequest::FileContainingSymbol("roster.v1.UserService".into()),
         MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+        // So clients can decode the error details in our statuses.
+        MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into()),
     ])
     .map(|message| ServerReflectionRequest {
         host: String::new(),
@@ -81,7 +83,7 @@ async fn reflection_lists_and_describes_every_service() {
             "{expected} in {names:?}"
         );
     }
-    for _ in 0..2 {
+    for _ in 0..3 {
         let response = responses.next().await.unwrap().unwrap().message_response;
         assert!(
             matches!(response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
