@@ -1,9 +1,14 @@
 //! Types that are valid by construction: parse once at the edge, trust afterwards. No I/O.
 
+mod leaderboard;
 mod password;
 mod user;
 mod user_name;
 
+pub use leaderboard::{
+    BoardEntry, BoardPage, BoardPosition, Outcome, PageSize, PageToken, RequestId, Score, Stats,
+    StatsOverflow, window_start,
+};
 pub use password::{PASSWORD_RULE_VERSION, Password};
 pub use user::User;
 pub use user_name::{NameKey, UserName};

@@ -2,6 +2,9 @@
 //! and queries that take and return domain types.
 
 pub mod entities;
+mod leaderboard;
+
+pub use leaderboard::{Recorded, SnapshotRow};
 
 use std::time::Duration;
 
