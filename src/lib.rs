@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod leaderboard;
 pub mod proto;
 pub mod startup;
 pub mod store;

@@ -9,11 +9,18 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::UserCache,
+    cache::{UserCache, board::BoardCache},
     config::Config,
     credentials::{HashPolicy, PasswordHasher},
-    grpc::UserServiceImpl,
-    proto::{self, roster::v1::user_service_server::UserServiceServer},
+    grpc::{LeaderboardServiceImpl, UserServiceImpl},
+    leaderboard::Leaderboard,
+    proto::{
+        self,
+        roster::v1::{
+            leaderboard_service_server::LeaderboardServiceServer,
+            user_service_server::UserServiceServer,
+        },
+    },
     store::Store,
     users::Users,
 };
@@ -24,7 +31,7 @@ pub type StartupError = Box<dyn StdError + Send + Sync>;
 /// Requests are small; refuse anything larger before decoding it.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// gRPC names of the services whose health we report ("" is the whole server).
-const HEALTH_SERVICES: [&str; 2] = ["", "roster.v1.UserService"];
+const HEALTH_SERVICES: [&str; 3] = ["", "roster.v1.UserService", "roster.v1.LeaderboardService"];
 
 /// A built, not yet serving, Roster: the listener is bound and migrations ran.
 pub struct Application {
@@ -33,6 +40,7 @@ pub struct Application {
     store: Store,
     cache: UserCache,
     users: Users,
+    leaderboard: Leaderboard,
 }
 
 impl Application {
@@ -59,12 +67,15 @@ impl Application {
         };
         let listener = TcpListener::bind(config.listen_addr).await?;
         let users = Users::new(store.clone(), cache.clone(), hasher);
+        let leaderboard =
+            Leaderboard::new(store.clone(), BoardCache::new(cache.clone()), users.clone());
         Ok(Self {
             listener,
             config,
             store,
             cache,
             users,
+            leaderboard,
         })
     }
 
@@ -86,6 +97,7 @@ impl Application {
             store,
             cache,
             users,
+            leaderboard,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -93,6 +105,11 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let user_service = UserServiceServer::new(UserServiceImpl::new(users))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let leaderboard_service =
+            LeaderboardServiceServer::new(LeaderboardServiceImpl::new(leaderboard.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
+        // Rebuilds the Redis board when needed and prunes request ids.
+        let maintenance = tokio::spawn(leaderboard.maintain());
 
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -104,7 +121,8 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(user_service);
+            .add_service(user_service)
+            .add_service(leaderboard_service);
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 drop(stopped.await);
@@ -120,6 +138,7 @@ impl Application {
         tokio::select! {
             result = &mut server => {
                 watcher.abort();
+                maintenance.abort();
                 return Ok(result??);
             }
             () = shutdown => {}
@@ -140,6 +159,7 @@ impl Application {
                 server.abort();
             }
         }
+        maintenance.abort();
         cache.quit().await;
         store.close().await;
         tracing::info!("roster stopped");

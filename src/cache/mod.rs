@@ -1,6 +1,8 @@
 //! The Redis read-through cache of users (fred). Keys, TTL, get and fill.
 //! A cache failure never fails a call: every error or timeout is a miss.
 
+pub mod board;
+
 use std::{sync::Arc, time::Duration};
 
 use fred::{
@@ -149,9 +151,14 @@ impl UserCache {
         }
     }
 
+    /// The client, connected or not; `None` when Redis is disabled.
+    pub(crate) fn client(&self) -> Option<&fred::clients::Client> {
+        self.client.as_ref()
+    }
+
     /// The client when it is connected; a disconnected cache misses at once
     /// instead of waiting for a timeout on every call.
-    fn connected(&self) -> Option<&fred::clients::Client> {
+    pub(crate) fn connected(&self) -> Option<&fred::clients::Client> {
         let client = self.client.as_ref()?;
         if client.is_connected() {
             Some(client)
@@ -161,7 +168,8 @@ impl UserCache {
         }
     }
 
-    fn warn(&self, what: &str, error: Option<&RedisError>) {
+    /// Logs a cache problem, at most once per throttle period.
+    pub(crate) fn warn(&self, what: &str, error: Option<&RedisError>) {
         if let Some(suppressed) = self.warnings.admit() {
             match error {
                 Some(error) => tracing::warn!(%error, suppressed, "{what}"),

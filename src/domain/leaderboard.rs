@@ -200,7 +200,10 @@ impl PageToken {
         let page_size: u32 = size.parse().ok()?;
         let offset: u64 = offset.parse().ok()?;
         // Offsets are whole pages; anything else was not issued by us.
-        if page_size == 0 || page_size > PageSize::MAX || offset % u64::from(page_size) != 0 {
+        if page_size == 0
+            || page_size > PageSize::MAX
+            || !offset.is_multiple_of(u64::from(page_size))
+        {
             return None;
         }
         Some(Self { page_size, offset })

@@ -15,7 +15,10 @@ use super::{
     entities::{leaderboard_entries as board, record_game_requests as requests, user_stats, users},
 };
 use crate::{
-    domain::{BoardEntry, BoardPage, BoardPosition, Outcome, RequestId, Score, Stats, User},
+    domain::{
+        BoardEntry, BoardPage, BoardPosition, Outcome, PageSize, RequestId, Score, Stats, User,
+        window_start,
+    },
     error::Error,
     proto::{roster::v1 as pb, stats_from_wire, stats_to_wire},
 };
@@ -155,20 +158,7 @@ impl Store {
     /// The 1-based rank of `position`: one more than the entries ahead of it.
     #[tracing::instrument(skip_all)]
     pub async fn rank_of(&self, position: BoardPosition) -> Result<u64, Error> {
-        let ahead = board::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(board::Column::Score.gt(position.score))
-                    .add(
-                        Condition::all()
-                            .add(board::Column::Score.eq(position.score))
-                            .add(board::Column::Seq.lt(position.seq)),
-                    ),
-            )
-            .count(&self.reader)
-            .await
-            .map_err(classify)?;
-        Ok(ahead + 1)
+        Ok(count_ahead(&self.reader, position).await? + 1)
     }
 
     /// Up to `limit` board entries from 0-based `offset`, and the board's size,
@@ -176,32 +166,26 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn board_page(&self, offset: u64, limit: u64) -> Result<BoardPage, Error> {
         let txn = self.reader.begin().await.map_err(classify)?;
-        let rows: Vec<(Uuid, i64, String)> = board::Entity::find()
-            .select_only()
-            .column(board::Column::UserId)
-            .column(board::Column::Score)
-            .column(users::Column::Name)
-            .join(JoinType::InnerJoin, board::Relation::User.def())
-            .order_by_desc(board::Column::Score)
-            .order_by_asc(board::Column::Seq)
-            .offset(offset)
-            .limit(limit)
-            .into_tuple()
-            .all(&txn)
-            .await
-            .map_err(classify)?;
         let total = board::Entity::find().count(&txn).await.map_err(classify)?;
+        let entries = page_rows(&txn, offset, limit).await?;
         txn.commit().await.map_err(classify)?;
-        let entries = rows
-            .into_iter()
-            .zip(offset + 1..)
-            .map(|((user_id, score, name), rank)| BoardEntry {
-                rank,
-                user_id,
-                name,
-                score,
-            })
-            .collect();
+        Ok(BoardPage { entries, total })
+    }
+
+    /// The `size`-entry window around `position` (see [`window_start`]), read
+    /// in one transaction.
+    #[tracing::instrument(skip_all)]
+    pub async fn board_window(
+        &self,
+        position: BoardPosition,
+        size: PageSize,
+    ) -> Result<BoardPage, Error> {
+        let txn = self.reader.begin().await.map_err(classify)?;
+        let total = board::Entity::find().count(&txn).await.map_err(classify)?;
+        let index = count_ahead(&txn, position).await?;
+        let start = window_start(index, total, size);
+        let entries = page_rows(&txn, start, u64::from(size.get())).await?;
+        txn.commit().await.map_err(classify)?;
         Ok(BoardPage { entries, total })
     }
 
@@ -251,6 +235,55 @@ impl Store {
             .map_err(classify)?;
         Ok(result.rows_affected)
     }
+}
+
+/// How many entries rank ahead of `position`.
+async fn count_ahead(db: &impl ConnectionTrait, position: BoardPosition) -> Result<u64, Error> {
+    board::Entity::find()
+        .filter(
+            Condition::any()
+                .add(board::Column::Score.gt(position.score))
+                .add(
+                    Condition::all()
+                        .add(board::Column::Score.eq(position.score))
+                        .add(board::Column::Seq.lt(position.seq)),
+                ),
+        )
+        .count(db)
+        .await
+        .map_err(classify)
+}
+
+/// Up to `limit` entries from 0-based `offset`, in board order.
+async fn page_rows(
+    db: &impl ConnectionTrait,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<BoardEntry>, Error> {
+    let rows: Vec<(Uuid, i64, String)> = board::Entity::find()
+        .select_only()
+        .column(board::Column::UserId)
+        .column(board::Column::Score)
+        .column(users::Column::Name)
+        .join(JoinType::InnerJoin, board::Relation::User.def())
+        .order_by_desc(board::Column::Score)
+        .order_by_asc(board::Column::Seq)
+        .offset(offset)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(classify)?;
+    Ok(rows
+        .into_iter()
+        .zip(offset + 1..)
+        .map(|((user_id, score, name), rank)| BoardEntry {
+            rank,
+            user_id,
+            name,
+            score,
+        })
+        .collect())
 }
 
 /// The stats after the game, written, and the user's board position.
