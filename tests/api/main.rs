@@ -3,5 +3,6 @@
 
 mod cache;
 mod helpers;
+mod leaderboard;
 mod lifecycle;
 mod users;
