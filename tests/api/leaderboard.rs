@@ -487,6 +487,20 @@ async fn the_board_and_stats_are_kept_in_redis_after_each_game() {
     let scores: Vec<(String, f64)> = redis.zrevrange(SET_KEY, 0, -1, true).await.unwrap();
     assert_eq!(scores.len(), 2);
     assert!(scores[0].0.ends_with("r0") && scores[0].1 == 3.0);
+    // Change the database underneath: a read served from Redis cannot see it.
+    let db = app.database().await;
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "DELETE FROM leaderboard_entries",
+    ))
+    .await
+    .unwrap();
+    let served_from_redis = eventually(Duration::from_secs(5), || async {
+        list(&app, 0, "").await.unwrap().entries.len() == 2
+    })
+    .await;
+    assert!(served_from_redis);
+    assert_eq!(stats(&app, "r1").await.unwrap().rank, 2);
     redis.quit().await.ok();
 }
 
