@@ -199,7 +199,7 @@ impl Leaderboard {
     /// emptying and merge forward-only, so none is lost. `Ok(None)` when trust
     /// was withdrawn meanwhile.
     async fn rebuild(&self) -> Result<Option<usize>, Box<dyn std::error::Error + Send + Sync>> {
-        let generation = self.board.begin_rebuild().await?;
+        let rebuild = self.board.begin_rebuild().await?;
         let mut after: Option<String> = None;
         let mut users = 0;
         loop {
@@ -224,11 +224,7 @@ impl Leaderboard {
                 _ => break,
             }
         }
-        Ok(self
-            .board
-            .finish_rebuild(generation)
-            .await?
-            .then_some(users))
+        Ok(self.board.finish_rebuild(rebuild).await?.then_some(users))
     }
 
     async fn prune(&self) {

@@ -12,6 +12,12 @@
 //!   then the encoded `roster.v1.UserStats` (without rank).
 //! - `roster:v1:board:{lb}:ready`: present only once a rebuild has loaded the
 //!   whole board; every read checks it atomically with the data it reads.
+//! - `roster:v1:board:{lb}:building`: the token of the rebuild in progress; a
+//!   rebuild marks the set ready only if its token is still there, so a flush,
+//!   a restart or another rebuild meanwhile makes it start over.
+//!
+//! Redis must not evict these keys (use `noeviction` or a `volatile-*` policy:
+//! they have no TTL); a lost key is only noticed through the ready marker.
 //!
 //! Exactness: updates can reach Redis out of order, so the update script only
 //! moves a user's entry forward (higher seq) and only replaces stats with a
@@ -49,6 +55,7 @@ const SET_KEY: &str = "roster:v1:board:{lb}:set";
 const MEMBERS_KEY: &str = "roster:v1:board:{lb}:members";
 const STATS_KEY: &str = "roster:v1:board:{lb}:stats";
 const READY_KEY: &str = "roster:v1:board:{lb}:ready";
+const BUILDING_KEY: &str = "roster:v1:board:{lb}:building";
 
 /// The largest tie-break number the member encoding holds.
 const MAX_SEQ: i64 = Score::MAX;
@@ -116,6 +123,14 @@ if start < 0 then start = 0 end
 return {1, start, total, redis.call('ZREVRANGE', KEYS[1], start, start + size - 1, 'WITHSCORES')}
 ";
 
+/// Marks the set ready if the rebuild token in KEYS[2] is still ARGV[1].
+const FINISH: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], 1)
+return 1
+";
+
 /// Removes one user (name key in ARGV[1]) from the set and both hashes.
 const REMOVE: &str = r"
 local member = redis.call('HGET', KEYS[2], ARGV[1])
@@ -146,6 +161,13 @@ pub enum CachedWindow {
     Unranked,
     /// The window.
     Window(BoardPage),
+}
+
+/// A rebuild in progress: the trust generation it started from and its token.
+#[derive(Debug)]
+pub struct Rebuild {
+    generation: u64,
+    token: String,
 }
 
 /// Trust in the set, as one atomic word: bit 0 = trusted, the rest = how many
@@ -361,12 +383,13 @@ impl BoardCache {
         }
     }
 
-    /// Starts a rebuild: notes the trust generation and empties the set
-    /// (ready marker first). Returns the generation to pass to
+    /// Starts a rebuild: notes the trust generation, empties the set (ready
+    /// marker first) and records a fresh rebuild token. Pass the result to
     /// [`finish_rebuild`](Self::finish_rebuild).
-    pub async fn begin_rebuild(&self) -> Result<u64, RedisError> {
+    pub async fn begin_rebuild(&self) -> Result<Rebuild, RedisError> {
         let client = self.require_client()?;
         let generation = self.trust.word.load(Ordering::Acquire) >> 1;
+        let token = Uuid::now_v7().to_string();
         let _: i64 = client
             .del(vec![
                 Key::from(READY_KEY),
@@ -375,7 +398,10 @@ impl BoardCache {
                 Key::from(STATS_KEY),
             ])
             .await?;
-        Ok(generation)
+        let _: () = client
+            .set(BUILDING_KEY, token.as_str(), None, None, false)
+            .await?;
+        Ok(Rebuild { generation, token })
     }
 
     /// Loads a batch of ranked users (forward-only, like live updates).
@@ -395,13 +421,23 @@ impl BoardCache {
         Ok(())
     }
 
-    /// Marks the set complete and trusts it again, unless trust was withdrawn
-    /// since `generation` (then the caller must rebuild again). Returns whether
-    /// the set is trusted now.
-    pub async fn finish_rebuild(&self, generation: u64) -> Result<bool, RedisError> {
+    /// Marks the set complete and trusts it again, unless Redis lost the
+    /// rebuild (flush, restart, another rebuild) or trust was withdrawn since
+    /// it began; then the caller must rebuild again. Returns whether the set
+    /// is trusted now.
+    pub async fn finish_rebuild(&self, rebuild: Rebuild) -> Result<bool, RedisError> {
         let client = self.require_client()?;
-        let _: () = client.set(READY_KEY, 1, None, None, false).await?;
-        let untrusted = generation << 1;
+        let finished: i64 = client
+            .eval(
+                FINISH,
+                vec![Key::from(READY_KEY), Key::from(BUILDING_KEY)],
+                vec![Value::from(rebuild.token)],
+            )
+            .await?;
+        if finished != 1 {
+            return Ok(false);
+        }
+        let untrusted = rebuild.generation << 1;
         Ok(self
             .trust
             .word
