@@ -4,7 +4,10 @@
 
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["roster/v1/user_service.proto"];
+const PROTOS: &[&str] = &[
+    "roster/v1/user_service.proto",
+    "roster/v1/leaderboard_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

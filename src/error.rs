@@ -23,6 +23,9 @@ pub enum Error {
     /// No user has that canonical name.
     #[error("user not found")]
     UserNotFound,
+    /// Recording a game would overflow a user's 64-bit statistics.
+    #[error("statistics would overflow")]
+    StatsOverflow(#[from] crate::domain::StatsOverflow),
     /// The database could not be reached, or stayed busy past its timeout.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sea_orm::DbErr),
@@ -86,6 +89,11 @@ impl From<Error> for tonic::Status {
                 Code::NotFound,
                 "no user with this name".to_owned(),
                 info("USER_NOT_FOUND"),
+            ),
+            Error::StatsOverflow(_) => (
+                Code::FailedPrecondition,
+                "the game would overflow the user's statistics; nothing was recorded".to_owned(),
+                info("STATS_OVERFLOW"),
             ),
             Error::DatabaseUnavailable(_) => (
                 Code::Unavailable,

@@ -14,6 +14,7 @@ pub mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
 pub mod grpc;
+pub mod leaderboard;
 pub mod proto;
 pub mod single_flight;
 pub mod startup;

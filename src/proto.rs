@@ -20,14 +20,14 @@ mod convert {
     use super::roster::v1 as pb;
     use crate::domain::User;
 
-    fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    pub(super) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
         prost_types::Timestamp {
             seconds: time.timestamp(),
             nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
         }
     }
 
-    fn time(ts: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    pub(super) fn time(ts: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
         let ts = ts?;
         DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).ok()?)
     }
@@ -62,3 +62,6 @@ mod convert {
 }
 
 pub use convert::MalformedUser;
+
+mod leaderboard;
+pub use leaderboard::{stats_from_wire, stats_to_wire};

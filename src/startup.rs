@@ -4,16 +4,23 @@
 use std::{error::Error as StdError, future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::{Redis, UserCache},
+    cache::{Redis, UserCache, board::BoardCache},
     config::Config,
     credentials::{HashPolicy, PasswordHasher},
-    grpc::UserServiceImpl,
-    proto::{self, roster::v1::user_service_server::UserServiceServer},
+    grpc::{LeaderboardServiceImpl, UserServiceImpl},
+    leaderboard::Leaderboard,
+    proto::{
+        self,
+        roster::v1::{
+            leaderboard_service_server::LeaderboardServiceServer,
+            user_service_server::UserServiceServer,
+        },
+    },
     store::Store,
     throttle::{Throttle, ThrottlePolicy},
     users::Users,
@@ -25,7 +32,7 @@ pub type StartupError = Box<dyn StdError + Send + Sync>;
 /// Requests are small; refuse anything larger before decoding it.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// gRPC names of the services whose health we report ("" is the whole server).
-const HEALTH_SERVICES: [&str; 2] = ["", "roster.v1.UserService"];
+const HEALTH_SERVICES: [&str; 3] = ["", "roster.v1.UserService", "roster.v1.LeaderboardService"];
 
 /// A built, not yet serving, Roster: the listener is bound and migrations ran.
 pub struct Application {
@@ -34,6 +41,7 @@ pub struct Application {
     store: Store,
     redis: Option<Redis>,
     users: Users,
+    leaderboard: Leaderboard,
 }
 
 impl Application {
@@ -67,13 +75,16 @@ impl Application {
             },
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
-        let users = Users::new(store.clone(), cache, throttle, hasher);
+        let board = BoardCache::new(redis.clone());
+        let users = Users::new(store.clone(), cache, board.clone(), throttle, hasher);
+        let leaderboard = Leaderboard::new(store.clone(), board, users.clone());
         Ok(Self {
             listener,
             config,
             store,
             redis,
             users,
+            leaderboard,
         })
     }
 
@@ -95,6 +106,7 @@ impl Application {
             store,
             redis,
             users,
+            leaderboard,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -102,6 +114,11 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let user_service = UserServiceServer::new(UserServiceImpl::new(users))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let leaderboard_service =
+            LeaderboardServiceServer::new(LeaderboardServiceImpl::new(leaderboard.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES);
+        // Rebuilds the Redis board when needed and prunes request ids.
+        let maintenance = tokio::spawn(leaderboard.maintain());
 
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -113,12 +130,23 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(user_service);
-        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .add_service(user_service)
+            .add_service(leaderboard_service);
+        // `tcp_nodelay` above only applies to listeners tonic binds itself;
+        // without it on our accepted sockets, a response larger than a few
+        // hundred bytes waits ~40 ms for the client's delayed ACK (Nagle).
+        let incoming = TcpListenerStream::new(listener).map(|connection| {
+            if let Ok(stream) = &connection
+                && let Err(error) = stream.set_nodelay(true)
+            {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            connection
+        });
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> =
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
                 drop(stopped.await);
-            }),
-        );
+            }));
         let watcher = tokio::spawn(watch_database(
             store.clone(),
             health.clone(),
@@ -129,6 +157,7 @@ impl Application {
         tokio::select! {
             result = &mut server => {
                 watcher.abort();
+                maintenance.abort();
                 return Ok(result??);
             }
             () = shutdown => {}
@@ -149,6 +178,7 @@ impl Application {
                 server.abort();
             }
         }
+        maintenance.abort();
         if let Some(redis) = redis {
             redis.quit().await;
         }

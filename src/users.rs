@@ -7,7 +7,7 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::{
-    cache::UserCache,
+    cache::{UserCache, board::BoardCache},
     credentials::{PasswordHash, PasswordHasher},
     domain::{NameKey, PageSize, Password, User, UserCursor, UserName},
     error::Error,
@@ -21,6 +21,7 @@ use crate::{
 pub struct Users {
     store: Store,
     cache: UserCache,
+    board: BoardCache,
     throttle: Throttle,
     hasher: PasswordHasher,
     misses: Arc<SingleFlight<NameKey, Option<User>>>,
@@ -28,10 +29,17 @@ pub struct Users {
 
 impl Users {
     /// Wires the use cases to their dependencies.
-    pub fn new(store: Store, cache: UserCache, throttle: Throttle, hasher: PasswordHasher) -> Self {
+    pub fn new(
+        store: Store,
+        cache: UserCache,
+        board: BoardCache,
+        throttle: Throttle,
+        hasher: PasswordHasher,
+    ) -> Self {
         Self {
             store,
             cache,
+            board,
             throttle,
             hasher,
             misses: Arc::default(),
@@ -177,6 +185,9 @@ impl Users {
     pub async fn delete(&self, name: UserName) -> Result<(), Error> {
         let deleted = self.store.delete_user(name.key()).await?;
         self.cache.invalidate(name.key()).await;
+        // The database rows went with the cascade; the Redis board entry goes
+        // here (a failure withdraws trust in the board until it is rebuilt).
+        self.board.remove(name.key()).await;
         if deleted {
             tracing::info!("user deleted");
             Ok(())

@@ -19,22 +19,27 @@ use std::{
 
 use chrono::Utc;
 use clap::Parser;
-use fred::prelude::{Builder, ClientLike, Config as RedisConfig};
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, KeysInterface};
 use hdrhistogram::Histogram;
 use roster::{
     config::Config,
     credentials::{HashPolicy, PasswordHasher},
-    domain::{Password, UserName},
-    proto::roster::v1::{self as pb, user_service_client::UserServiceClient},
+    domain::{PageSize, PageToken, Password, UserName},
+    proto::roster::v1::{
+        self as pb, leaderboard_service_client::LeaderboardServiceClient,
+        user_service_client::UserServiceClient,
+    },
     startup::Application,
-    store::entities::users,
+    store::entities::{leaderboard_entries, leaderboard_sequence, user_stats, users},
 };
 use sea_orm::{ActiveValue::Set, Database, EntityTrait, TransactionTrait};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmark Roster: Health/Check, GetUser hit and miss, CreateUser")]
+#[command(
+    about = "Benchmark Roster: Health/Check, GetUser hit and miss, CreateUser, the leaderboard"
+)]
 struct Args {
     /// How long each scenario runs.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -51,6 +56,12 @@ struct Args {
     /// Users preloaded into the database (the miss scenario reads each once).
     #[arg(long, default_value_t = 100_000)]
     users: usize,
+    /// Concurrent calls in flight for RecordGame.
+    #[arg(long, default_value_t = 32)]
+    record_concurrency: usize,
+    /// Server log filter (tracing EnvFilter syntax).
+    #[arg(long, default_value = "warn")]
+    log_filter: String,
     /// Use this Redis instead of starting a private redis-server.
     #[arg(long)]
     redis_url: Option<String>,
@@ -177,17 +188,24 @@ fn name_of(i: usize) -> String {
     format!("bench-user-{i}")
 }
 
-/// Inserts `count` users in large transactions, all with one real hash.
+/// The preloaded best score of user `i`: spread out, with many ties.
+fn score_of(i: usize) -> i64 {
+    ((i * 7_919) % 50_000) as i64
+}
+
+/// Inserts `count` users in large transactions, all with one real hash, and
+/// gives each one game (stats and a board entry) so every user is ranked.
 async fn preload(database_url: &str, count: usize, phc: &str) {
     let db = Database::connect(database_url).await.unwrap();
     let now = Utc::now();
     for chunk in (0..count).collect::<Vec<_>>().chunks(5_000) {
         let txn = db.begin().await.unwrap();
         for batch in chunk.chunks(500) {
-            let rows = batch.iter().map(|&i| {
+            let ids: Vec<_> = batch.iter().map(|_| uuid::Uuid::now_v7()).collect();
+            let rows = batch.iter().zip(&ids).map(|(&i, &id)| {
                 let name = UserName::parse(&name_of(i)).unwrap();
                 users::ActiveModel {
-                    id: Set(uuid::Uuid::now_v7()),
+                    id: Set(id),
                     name: Set(name.display().to_owned()),
                     name_key: Set(name.key().as_str().to_owned()),
                     password_hash: Set(phc.to_owned()),
@@ -196,9 +214,46 @@ async fn preload(database_url: &str, count: usize, phc: &str) {
                 }
             });
             users::Entity::insert_many(rows).exec(&txn).await.unwrap();
+            let stats = batch
+                .iter()
+                .zip(&ids)
+                .map(|(&i, &id)| user_stats::ActiveModel {
+                    user_id: Set(id),
+                    games_played: Set(1),
+                    wins: Set(1),
+                    losses: Set(0),
+                    draws: Set(0),
+                    best_score: Set(score_of(i)),
+                    total_score: Set(score_of(i)),
+                    update_time: Set(now),
+                });
+            user_stats::Entity::insert_many(stats)
+                .exec(&txn)
+                .await
+                .unwrap();
+            let entries =
+                batch
+                    .iter()
+                    .zip(&ids)
+                    .map(|(&i, &id)| leaderboard_entries::ActiveModel {
+                        user_id: Set(id),
+                        score: Set(score_of(i)),
+                        seq: Set(i as i64 + 1),
+                    });
+            leaderboard_entries::Entity::insert_many(entries)
+                .exec(&txn)
+                .await
+                .unwrap();
         }
         txn.commit().await.unwrap();
     }
+    leaderboard_sequence::Entity::update(leaderboard_sequence::ActiveModel {
+        id: Set(1),
+        last_value: Set(count as i64),
+    })
+    .exec(&db)
+    .await
+    .unwrap();
     db.close().await.unwrap();
 }
 
@@ -223,7 +278,7 @@ fn main() {
         "--redis-url",
         &redis_url,
         "--log-filter",
-        "warn",
+        &args.log_filter,
     ]);
     roster::telemetry::init(config.log_format, &config.log_filter);
 
@@ -274,7 +329,7 @@ fn main() {
     let app = server_runtime
         .block_on(Application::build(config))
         .expect("roster starts");
-    println!("preloading {} users ...", args.users);
+    println!("preloading {} users, each ranked ...", args.users);
     client_runtime.block_on(preload(&database_url, args.users, phc.as_phc()));
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -364,6 +419,139 @@ fn main() {
             .await,
         );
 
+        // The leaderboard: the flush above dropped the board; the first read
+        // notices and Roster rebuilds it from the database.
+        let began = Instant::now();
+        LeaderboardServiceClient::new(channels[0].clone())
+            .list_leaderboard(pb::ListLeaderboardRequest::default())
+            .await
+            .unwrap();
+        loop {
+            let ready: i64 = redis.exists("roster:v1:board:{lb}:ready").await.unwrap();
+            if ready == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        println!(
+            "board of {total} ranked users rebuilt in redis in {:.2} s",
+            began.elapsed().as_secs_f64()
+        );
+        reports.push(
+            load(
+                "ListLeaderboard top",
+                args.duration,
+                args.concurrency,
+                &channels,
+                |ch| {
+                    Some(async move {
+                        LeaderboardServiceClient::new(ch)
+                            .list_leaderboard(pb::ListLeaderboardRequest {
+                                page_size: 10,
+                                page_token: String::new(),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+        let deep = PageToken::new(
+            PageSize::parse_page(10).unwrap(),
+            (total as u64 / 2) / 10 * 10,
+        );
+        let deep = deep.encode();
+        reports.push(
+            load(
+                "ListLeaderboard deep",
+                args.duration,
+                args.concurrency,
+                &channels,
+                move |ch| {
+                    let page_token = deep.clone();
+                    Some(async move {
+                        let page = LeaderboardServiceClient::new(ch)
+                            .list_leaderboard(pb::ListLeaderboardRequest {
+                                page_size: 10,
+                                page_token,
+                            })
+                            .await?;
+                        assert_eq!(page.into_inner().entries.len(), 10);
+                        Ok(())
+                    })
+                },
+            )
+            .await,
+        );
+        let cursor = Arc::new(AtomicUsize::new(0));
+        reports.push(
+            load(
+                "AroundUser",
+                args.duration,
+                args.concurrency,
+                &channels,
+                move |ch| {
+                    let i = cursor.fetch_add(7_919, Ordering::Relaxed) % total;
+                    Some(async move {
+                        LeaderboardServiceClient::new(ch)
+                            .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
+                                name: name_of(i),
+                                page_size: 11,
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+        let cursor = Arc::new(AtomicUsize::new(0));
+        reports.push(
+            load(
+                "GetUserStats",
+                args.duration,
+                args.concurrency,
+                &channels,
+                move |ch| {
+                    let i = cursor.fetch_add(7_919, Ordering::Relaxed) % total;
+                    Some(async move {
+                        LeaderboardServiceClient::new(ch)
+                            .get_user_stats(pb::GetUserStatsRequest { name: name_of(i) })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+        let cursor = Arc::new(AtomicUsize::new(0));
+        reports.push(
+            load(
+                "RecordGame",
+                args.duration,
+                args.record_concurrency,
+                &channels,
+                move |ch| {
+                    let n = cursor.fetch_add(1, Ordering::Relaxed);
+                    let i = n.wrapping_mul(7_919) % total;
+                    Some(async move {
+                        LeaderboardServiceClient::new(ch)
+                            .record_game(pb::RecordGameRequest {
+                                name: name_of(i),
+                                outcome: pb::GameOutcome::Win.into(),
+                                score: (n % 60_000) as i64,
+                                request_id: format!("bench-{n}"),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await,
+        );
+
         let cursor = Arc::new(AtomicUsize::new(total));
         reports.push(
             load(
@@ -406,6 +594,7 @@ fn main() {
     let health = rate("Health/Check");
     let hit = rate("GetUser (cache hit)");
     let create = rate("CreateUser");
+    let record = rate("RecordGame");
     println!();
     println!(
         "argon2id alone: {:.1} ms per hash, ceiling {:.1} hashes/s on {cores} cores \
@@ -418,6 +607,23 @@ fn main() {
         "GetUser hit / Health:   {:.2}  (target >= 0.50) {}",
         hit / health,
         verdict(hit / health >= 0.5)
+    );
+    for name in [
+        "ListLeaderboard top",
+        "ListLeaderboard deep",
+        "AroundUser",
+        "GetUserStats",
+    ] {
+        let ratio = rate(name) / health;
+        println!(
+            "{:<23} {ratio:.2}  (target >= 0.50) {}",
+            format!("{name} / Health:"),
+            verdict(ratio >= 0.5)
+        );
+    }
+    println!(
+        "RecordGame:             {record:.0}/s  (target >= 1000/s) {}",
+        verdict(record >= 1000.0)
     );
     println!(
         "CreateUser / ceiling:   {:.2}  (target >= 0.80) {}",

@@ -1,6 +1,7 @@
 //! Redis (fred): one fail-open connection shared by the user cache and the
 //! login throttle. A Redis failure never fails a call.
 
+pub mod board;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -81,6 +82,11 @@ impl Redis {
     /// Closes the connection.
     pub async fn quit(&self) {
         drop(self.client.quit().await);
+    }
+
+    /// The client, connected or not (for reconnect notifications).
+    pub(crate) fn client(&self) -> &fred::clients::Client {
+        &self.client
     }
 
     /// The client when it is connected; a disconnected Redis is skipped at

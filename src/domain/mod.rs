@@ -1,10 +1,15 @@
 //! Types that are valid by construction: parse once at the edge, trust afterwards. No I/O.
 
+mod leaderboard;
 mod page;
 mod password;
 mod user;
 mod user_name;
 
+pub use leaderboard::{
+    BoardEntry, BoardPage, BoardPosition, Outcome, PageToken, RequestId, Score, Stats,
+    StatsOverflow, window_start,
+};
 pub use page::{PageSize, UserCursor};
 pub use password::{PASSWORD_RULE_VERSION, Password};
 pub use user::User;

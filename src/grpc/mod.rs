@@ -1,6 +1,7 @@
 //! Thin gRPC adapters: take the request apart, parse it into domain types,
 //! call one use case, encode the answer.
 
+mod leaderboard_service;
 mod user_service;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::{
     error::Error,
 };
 
+pub use leaderboard_service::LeaderboardServiceImpl;
 pub use user_service::UserServiceImpl;
 
 /// The call's deadline from its `grpc-timeout` header, if the client set one.

@@ -2,6 +2,9 @@
 //! and queries that take and return domain types.
 
 pub mod entities;
+mod leaderboard;
+
+pub use leaderboard::{Recorded, SnapshotRow};
 
 use std::time::Duration;
 
@@ -258,6 +261,13 @@ fn same_pool(a: &DatabaseConnection, b: &DatabaseConnection) -> bool {
 /// Maps a database error to UNAVAILABLE when retrying later may help
 /// (unreachable, pool exhausted, locked), and to INTERNAL otherwise.
 pub(crate) fn classify(error: DbErr) -> Error {
+    // Every foreign key points at users: the user was deleted under us.
+    if matches!(
+        error.sql_err(),
+        Some(SqlErr::ForeignKeyConstraintViolation(_))
+    ) {
+        return Error::UserNotFound;
+    }
     if is_transient(&error) {
         Error::DatabaseUnavailable(error)
     } else {

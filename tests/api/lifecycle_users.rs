@@ -142,3 +142,88 @@ async fn paging_sees_every_user_present_throughout_exactly_once_despite_churn() 
     }
     assert!(seen.values().all(|&n| n == 1), "no user is seen twice");
 }
+
+#[tokio::test]
+async fn delete_cascades_to_stats_and_the_board_and_a_new_user_starts_clean() {
+    use roster::proto::roster::v1::{
+        GameOutcome, GetUserStatsRequest, ListLeaderboardRequest, RecordGameRequest,
+        leaderboard_service_client::LeaderboardServiceClient,
+    };
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app().await;
+    let mut board = LeaderboardServiceClient::new(app.channel.clone());
+    for (name, score) in [("Bea", 50), ("Cal", 70)] {
+        app.create_user(name).await;
+        board
+            .record_game(RecordGameRequest {
+                name: name.into(),
+                outcome: GameOutcome::Win as i32,
+                score,
+                request_id: format!("{name}-1"),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = board
+        .list_leaderboard(ListLeaderboardRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total_size, 2);
+
+    delete(&app, "cal").await.unwrap();
+
+    let listed = board
+        .list_leaderboard(ListLeaderboardRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed
+        .entries
+        .iter()
+        .map(|e| (e.rank, e.name.as_str()))
+        .collect();
+    assert_eq!(names, [(1, "Bea")]);
+    assert_eq!(listed.total_size, 1);
+    let db = app.database().await;
+    for table in ["user_stats", "leaderboard_entries", "record_game_requests"] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let n: i64 = row.try_get("", "n").unwrap();
+        assert_eq!(n, 1, "{table} keeps only Bea's row");
+    }
+
+    // The name is free at once, and its new owner starts with nothing.
+    app.create_user("Cal").await;
+    let stats = board
+        .get_user_stats(GetUserStatsRequest { name: "cal".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(
+        (stats.games_played, stats.best_score, stats.rank),
+        (0, 0, 0)
+    );
+    // Replaying the old request id counts as a new game for the new user.
+    let replay = board
+        .record_game(RecordGameRequest {
+            name: "cal".into(),
+            outcome: GameOutcome::Loss as i32,
+            score: 1,
+            request_id: "Cal-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!((replay.games_played, replay.losses, replay.rank), (1, 1, 2));
+}

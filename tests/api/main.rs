@@ -5,6 +5,7 @@ mod cache;
 mod consistency;
 mod credentials;
 mod helpers;
+mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
 mod postgres;

@@ -1,3 +1,7 @@
 //! SeaORM entities, one per table.
 
+pub mod leaderboard_entries;
+pub mod leaderboard_sequence;
+pub mod record_game_requests;
+pub mod user_stats;
 pub mod users;

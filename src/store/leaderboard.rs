@@ -1,0 +1,442 @@
+//! Stats and board queries: recording a game in one transaction, ranks counted
+//! on read, board pages, the snapshot that rebuilds Redis, idempotency records.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use prost::Message;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend,
+    EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    RelationTrait, SqlErr, Statement, TransactionTrait, sea_query::OnConflict,
+};
+use uuid::Uuid;
+
+use super::{
+    Store, classify,
+    entities::{leaderboard_entries as board, record_game_requests as requests, user_stats, users},
+};
+use crate::{
+    domain::{
+        BoardEntry, BoardPage, BoardPosition, Outcome, PageSize, RequestId, Score, Stats, User,
+        window_start,
+    },
+    error::Error,
+    proto::{roster::v1 as pb, stats_from_wire, stats_to_wire},
+};
+
+/// What RecordGame did.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// The game was counted: the stats after it and the user's board position.
+    New {
+        /// The stats after the game.
+        stats: Stats,
+        /// The user's (possibly unchanged) place-defining values.
+        position: BoardPosition,
+    },
+    /// The request_id was seen before: the first call's stats; nothing counted.
+    Replayed(Stats),
+}
+
+/// One ranked user, everything Redis needs to hold for them.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct SnapshotRow {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Canonical name key (the cursor of the snapshot).
+    pub name_key: String,
+    /// See [`Stats`].
+    pub games_played: i64,
+    /// See [`Stats`].
+    pub wins: i64,
+    /// See [`Stats`].
+    pub losses: i64,
+    /// See [`Stats`].
+    pub draws: i64,
+    /// See [`Stats`].
+    pub best_score: i64,
+    /// See [`Stats`].
+    pub total_score: i64,
+    /// See [`Stats`].
+    pub update_time: DateTime<Utc>,
+    /// Board score (= best_score).
+    pub score: i64,
+    /// Tie-break sequence.
+    pub seq: i64,
+}
+
+impl SnapshotRow {
+    /// The row's stats.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            user_id: self.user_id,
+            name: self.name.clone(),
+            games_played: self.games_played,
+            wins: self.wins,
+            losses: self.losses,
+            draws: self.draws,
+            best_score: self.best_score,
+            total_score: self.total_score,
+            update_time: Some(self.update_time),
+        }
+    }
+
+    /// The row's board position.
+    pub fn position(&self) -> BoardPosition {
+        BoardPosition {
+            score: self.score,
+            seq: self.seq,
+        }
+    }
+}
+
+impl Store {
+    /// Adds one game to `user`'s stats and moves their board entry when the
+    /// game sets a new best, in one transaction on the writer. On SQLite the
+    /// single writer connection serializes these transactions; on Postgres the
+    /// stats row is locked (`SELECT ... FOR UPDATE`), and the sequence row's
+    /// lock hands out tie-break numbers in commit order.
+    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    pub async fn record_game(
+        &self,
+        user: &User,
+        outcome: Outcome,
+        score: Score,
+        request_id: Option<&RequestId>,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded, Error> {
+        let now = now.trunc_subsecs(6);
+        let txn = self.writer.begin().await.map_err(classify)?;
+        if let Some(request_id) = request_id
+            && let Some(stats) = find_request(&txn, user.id, request_id).await?
+        {
+            return Ok(Recorded::Replayed(stats));
+        }
+        let (stats, position) = apply_game(&txn, user, outcome, score, now).await?;
+        if let Some(request_id) = request_id {
+            let row = requests::ActiveModel {
+                user_id: Set(user.id),
+                request_id: Set(request_id.as_str().to_owned()),
+                result: Set(stats_to_wire(&stats, 0).encode_to_vec()),
+                create_time: Set(now),
+            };
+            if let Err(error) = requests::Entity::insert(row).exec(&txn).await {
+                // Postgres: a concurrent call with the same key committed
+                // first (our insert waited for it). Undo ours, replay theirs.
+                if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+                    txn.rollback().await.map_err(classify)?;
+                    return match find_request(&self.writer, user.id, request_id).await? {
+                        Some(stats) => Ok(Recorded::Replayed(stats)),
+                        None => Err(classify(error)),
+                    };
+                }
+                return Err(classify(error));
+            }
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(Recorded::New { stats, position })
+    }
+
+    /// `user`'s stats (zeros before the first game) and board position.
+    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    pub async fn find_stats(&self, user: &User) -> Result<(Stats, Option<BoardPosition>), Error> {
+        let txn = self.reader.begin().await.map_err(classify)?;
+        let stats = user_stats::Entity::find_by_id(user.id)
+            .one(&txn)
+            .await
+            .map_err(classify)?
+            .map_or_else(
+                || Stats::none(user.id, user.name.clone()),
+                |row| stats_of(user, row),
+            );
+        let position = find_position(&txn, user.id).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok((stats, position))
+    }
+
+    /// The 1-based rank of `position`: one more than the entries ahead of it.
+    #[tracing::instrument(skip_all)]
+    pub async fn rank_of(&self, position: BoardPosition) -> Result<u64, Error> {
+        Ok(count_ahead(&self.reader, position).await? + 1)
+    }
+
+    /// Up to `limit` board entries from 0-based `offset`, and the board's size,
+    /// read in one transaction.
+    #[tracing::instrument(skip_all)]
+    pub async fn board_page(&self, offset: u64, limit: u64) -> Result<BoardPage, Error> {
+        let txn = self.reader.begin().await.map_err(classify)?;
+        let total = board::Entity::find().count(&txn).await.map_err(classify)?;
+        let entries = page_rows(&txn, offset, limit).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(BoardPage { entries, total })
+    }
+
+    /// The `size`-entry window around `position` (see [`window_start`]), read
+    /// in one transaction.
+    #[tracing::instrument(skip_all)]
+    pub async fn board_window(
+        &self,
+        position: BoardPosition,
+        size: PageSize,
+    ) -> Result<BoardPage, Error> {
+        let txn = self.reader.begin().await.map_err(classify)?;
+        let total = board::Entity::find().count(&txn).await.map_err(classify)?;
+        let index = count_ahead(&txn, position).await?;
+        let start = window_start(index, total, size);
+        let entries = page_rows(&txn, start, u64::from(size.get())).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(BoardPage { entries, total })
+    }
+
+    /// Up to `limit` ranked users with a canonical name after `after`, in name
+    /// order: the pages of a full snapshot of the board.
+    #[tracing::instrument(skip_all)]
+    pub async fn board_snapshot(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<SnapshotRow>, Error> {
+        let mut query = user_stats::Entity::find()
+            .select_only()
+            .columns([
+                user_stats::Column::UserId,
+                user_stats::Column::GamesPlayed,
+                user_stats::Column::Wins,
+                user_stats::Column::Losses,
+                user_stats::Column::Draws,
+                user_stats::Column::BestScore,
+                user_stats::Column::TotalScore,
+                user_stats::Column::UpdateTime,
+            ])
+            .columns([users::Column::Name, users::Column::NameKey])
+            .columns([board::Column::Score, board::Column::Seq])
+            .join(JoinType::InnerJoin, user_stats::Relation::User.def())
+            .join(JoinType::InnerJoin, board::Relation::User.def().rev())
+            .order_by_asc(users::Column::NameKey)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(users::Column::NameKey.gt(after));
+        }
+        query
+            .into_model::<SnapshotRow>()
+            .all(&self.reader)
+            .await
+            .map_err(classify)
+    }
+
+    /// Deletes idempotency records created before `before`; returns how many.
+    #[tracing::instrument(skip_all)]
+    pub async fn prune_record_game_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
+        let result = requests::Entity::delete_many()
+            .filter(requests::Column::CreateTime.lt(before))
+            .exec(&self.writer)
+            .await
+            .map_err(classify)?;
+        Ok(result.rows_affected)
+    }
+}
+
+/// How many entries rank ahead of `position`.
+async fn count_ahead(db: &impl ConnectionTrait, position: BoardPosition) -> Result<u64, Error> {
+    board::Entity::find()
+        .filter(
+            Condition::any()
+                .add(board::Column::Score.gt(position.score))
+                .add(
+                    Condition::all()
+                        .add(board::Column::Score.eq(position.score))
+                        .add(board::Column::Seq.lt(position.seq)),
+                ),
+        )
+        .count(db)
+        .await
+        .map_err(classify)
+}
+
+/// Up to `limit` entries from 0-based `offset`, in board order.
+async fn page_rows(
+    db: &impl ConnectionTrait,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<BoardEntry>, Error> {
+    let rows: Vec<(Uuid, i64, String)> = board::Entity::find()
+        .select_only()
+        .column(board::Column::UserId)
+        .column(board::Column::Score)
+        .column(users::Column::Name)
+        .join(JoinType::InnerJoin, board::Relation::User.def())
+        .order_by_desc(board::Column::Score)
+        .order_by_asc(board::Column::Seq)
+        .offset(offset)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(classify)?;
+    Ok(rows
+        .into_iter()
+        .zip(offset + 1..)
+        .map(|((user_id, score, name), rank)| BoardEntry {
+            rank,
+            user_id,
+            name,
+            score,
+        })
+        .collect())
+}
+
+/// The stats after the game, written, and the user's board position.
+async fn apply_game(
+    txn: &DatabaseTransaction,
+    user: &User,
+    outcome: Outcome,
+    score: Score,
+    now: DateTime<Utc>,
+) -> Result<(Stats, BoardPosition), Error> {
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        // Give the row lock below something to lock on a user's first game,
+        // so concurrent first games queue instead of racing to insert.
+        user_stats::Entity::insert(zero_stats(user.id, now))
+            .on_conflict_do_nothing()
+            .exec(txn)
+            .await
+            .map_err(classify)?;
+    }
+    let existing = user_stats::Entity::find_by_id(user.id)
+        .lock_exclusive()
+        .one(txn)
+        .await
+        .map_err(classify)?;
+    let before = existing.as_ref().map_or_else(
+        || Stats::none(user.id, user.name.clone()),
+        |row| stats_of(user, row.clone()),
+    );
+    let (after, moves) = before.record(outcome, score, now)?;
+    let row = user_stats::ActiveModel {
+        user_id: Set(user.id),
+        games_played: Set(after.games_played),
+        wins: Set(after.wins),
+        losses: Set(after.losses),
+        draws: Set(after.draws),
+        best_score: Set(after.best_score),
+        total_score: Set(after.total_score),
+        update_time: Set(now),
+    };
+    if existing.is_some() {
+        user_stats::Entity::update(row).exec(txn).await
+    } else {
+        user_stats::Entity::insert(row)
+            .exec_with_returning(txn)
+            .await
+    }
+    .map_err(classify)?;
+
+    let position = if moves {
+        let seq = next_seq(txn).await?;
+        let entry = board::ActiveModel {
+            user_id: Set(user.id),
+            score: Set(after.best_score),
+            seq: Set(seq),
+        };
+        board::Entity::insert(entry)
+            .on_conflict(
+                OnConflict::column(board::Column::UserId)
+                    .update_columns([board::Column::Score, board::Column::Seq])
+                    .to_owned(),
+            )
+            .exec(txn)
+            .await
+            .map_err(classify)?;
+        BoardPosition {
+            score: after.best_score,
+            seq,
+        }
+    } else {
+        find_position(txn, user.id)
+            .await?
+            .ok_or_else(|| Error::internal("a user with games has no board entry"))?
+    };
+    Ok((after, position))
+}
+
+/// The next tie-break number: atomic, and on Postgres the row lock orders the
+/// numbers as the transactions commit.
+async fn next_seq(txn: &DatabaseTransaction) -> Result<i64, Error> {
+    let backend = txn.get_database_backend();
+    let row = txn
+        .query_one_raw(Statement::from_string(
+            backend,
+            "UPDATE leaderboard_sequence SET last_value = last_value + 1 \
+             WHERE id = 1 RETURNING last_value",
+        ))
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| Error::internal("leaderboard_sequence has no row"))?;
+    row.try_get("", "last_value").map_err(classify)
+}
+
+async fn find_position(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<Option<BoardPosition>, Error> {
+    Ok(board::Entity::find_by_id(user_id)
+        .one(db)
+        .await
+        .map_err(classify)?
+        .map(|row| BoardPosition {
+            score: row.score,
+            seq: row.seq,
+        }))
+}
+
+async fn find_request(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    request_id: &RequestId,
+) -> Result<Option<Stats>, Error> {
+    let Some(row) = requests::Entity::find_by_id((user_id, request_id.as_str().to_owned()))
+        .one(db)
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    let stats = pb::UserStats::decode(row.result.as_slice())
+        .ok()
+        .and_then(stats_from_wire)
+        .ok_or_else(|| Error::internal("undecodable record_game_requests.result"))?;
+    Ok(Some(stats))
+}
+
+fn zero_stats(user_id: Uuid, now: DateTime<Utc>) -> user_stats::ActiveModel {
+    user_stats::ActiveModel {
+        user_id: Set(user_id),
+        games_played: Set(0),
+        wins: Set(0),
+        losses: Set(0),
+        draws: Set(0),
+        best_score: Set(0),
+        total_score: Set(0),
+        update_time: Set(now),
+    }
+}
+
+fn stats_of(user: &User, row: user_stats::Model) -> Stats {
+    if row.games_played == 0 {
+        // Postgres's placeholder row before a first game commits.
+        return Stats::none(user.id, user.name.clone());
+    }
+    Stats {
+        user_id: user.id,
+        name: user.name.clone(),
+        games_played: row.games_played,
+        wins: row.wins,
+        losses: row.losses,
+        draws: row.draws,
+        best_score: row.best_score,
+        total_score: row.total_score,
+        update_time: Some(row.update_time),
+    }
+}
