@@ -4,10 +4,12 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend,
-    EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    RelationTrait, SqlErr, Statement, TransactionTrait, sea_query::OnConflict,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, JoinType, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait, SqlErr, Statement, TransactionTrait,
+    sea_query::OnConflict,
 };
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -106,36 +108,36 @@ impl Store {
         request_id: Option<&RequestId>,
         now: DateTime<Utc>,
     ) -> Result<Recorded, Error> {
-        let now = now.trunc_subsecs(6);
-        let txn = self.writer.begin().await.map_err(classify)?;
-        if let Some(request_id) = request_id
-            && let Some(stats) = find_request(&txn, user.id, request_id).await?
-        {
-            return Ok(Recorded::Replayed(stats));
+        let game = Game {
+            user: user.clone(),
+            outcome,
+            score,
+            request_id: request_id.cloned(),
+            now: now.trunc_subsecs(6),
+        };
+        if let Some(games) = &self.games {
+            return games.record(game).await;
         }
-        let (stats, position) = apply_game(&txn, user, outcome, score, now).await?;
-        if let Some(request_id) = request_id {
-            let row = requests::ActiveModel {
-                user_id: Set(user.id),
-                request_id: Set(request_id.as_str().to_owned()),
-                result: Set(stats_to_wire(&stats, 0).encode_to_vec()),
-                create_time: Set(now),
-            };
-            if let Err(error) = requests::Entity::insert(row).exec(&txn).await {
+        let txn = self.writer.begin().await.map_err(classify)?;
+        let recorded = match record_in(&txn, &game).await {
+            Ok(recorded) => recorded,
+            Err(RecordError::Duplicate(error)) => {
                 // Postgres: a concurrent call with the same key committed
                 // first (our insert waited for it). Undo ours, replay theirs.
-                if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
-                    txn.rollback().await.map_err(classify)?;
-                    return match find_request(&self.writer, user.id, request_id).await? {
-                        Some(stats) => Ok(Recorded::Replayed(stats)),
-                        None => Err(classify(error)),
-                    };
-                }
-                return Err(classify(error));
+                txn.rollback().await.map_err(classify)?;
+                let request_id = game
+                    .request_id
+                    .as_ref()
+                    .ok_or_else(|| classify(error.clone()))?;
+                return match find_request(&self.writer, user.id, request_id).await? {
+                    Some(stats) => Ok(Recorded::Replayed(stats)),
+                    None => Err(classify(error)),
+                };
             }
-        }
+            Err(RecordError::Other(error)) => return Err(error),
+        };
         txn.commit().await.map_err(classify)?;
-        Ok(Recorded::New { stats, position })
+        Ok(recorded)
     }
 
     /// `user`'s stats (zeros before the first game) and board position.
@@ -438,5 +440,143 @@ fn stats_of(user: &User, row: user_stats::Model) -> Stats {
         best_score: row.best_score,
         total_score: row.total_score,
         update_time: Some(row.update_time),
+    }
+}
+
+/// One game to record.
+struct Game {
+    user: User,
+    outcome: Outcome,
+    score: Score,
+    request_id: Option<RequestId>,
+    now: DateTime<Utc>,
+}
+
+enum RecordError {
+    /// The request id was inserted concurrently (Postgres only).
+    Duplicate(DbErr),
+    Other(Error),
+}
+
+impl From<Error> for RecordError {
+    fn from(error: Error) -> Self {
+        Self::Other(error)
+    }
+}
+
+/// Records `game` inside an open transaction (or savepoint); commits nothing.
+async fn record_in(txn: &DatabaseTransaction, game: &Game) -> Result<Recorded, RecordError> {
+    if let Some(request_id) = &game.request_id
+        && let Some(stats) = find_request(txn, game.user.id, request_id).await?
+    {
+        return Ok(Recorded::Replayed(stats));
+    }
+    let (stats, position) = apply_game(txn, &game.user, game.outcome, game.score, game.now).await?;
+    if let Some(request_id) = &game.request_id {
+        let row = requests::ActiveModel {
+            user_id: Set(game.user.id),
+            request_id: Set(request_id.as_str().to_owned()),
+            result: Set(stats_to_wire(&stats, 0).encode_to_vec()),
+            create_time: Set(game.now),
+        };
+        if let Err(error) = requests::Entity::insert(row).exec(txn).await {
+            return Err(
+                if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+                    RecordError::Duplicate(error)
+                } else {
+                    RecordError::Other(classify(error))
+                },
+            );
+        }
+    }
+    Ok(Recorded::New { stats, position })
+}
+
+/// The most games one SQLite commit carries.
+const MAX_GROUP: usize = 128;
+
+/// Group commit for SQLite's single writer: games queue here, and one task
+/// records every game waiting at that moment in one transaction (each in its
+/// own savepoint, so one failure undoes only its game) and commits once. A
+/// game is answered only after that commit, so nothing acknowledged is lost,
+/// while one fsync serves many games.
+#[derive(Clone)]
+pub(crate) struct GameQueue {
+    jobs: mpsc::Sender<(Game, oneshot::Sender<Result<Recorded, Error>>)>,
+}
+
+impl GameQueue {
+    /// Starts the group-commit task on `writer`.
+    pub(crate) fn start(writer: DatabaseConnection) -> Self {
+        let (jobs, queue) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_commit(writer, queue));
+        Self { jobs }
+    }
+
+    async fn record(&self, game: Game) -> Result<Recorded, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send((game, reply))
+            .await
+            .map_err(|_| Error::internal("the game writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the game writer dropped a game"))?
+    }
+}
+
+type Job = (Game, oneshot::Sender<Result<Recorded, Error>>);
+
+async fn group_commit(writer: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&writer, group.iter().map(|(game, _)| game)).await;
+        for ((_, reply), result) in group.into_iter().zip(results) {
+            // The caller may have gone away (deadline); the game still counts.
+            reply.send(result).ok();
+        }
+    }
+}
+
+async fn commit_group<'a>(
+    writer: &DatabaseConnection,
+    games: impl ExactSizeIterator<Item = &'a Game>,
+) -> Vec<Result<Recorded, Error>> {
+    let count = games.len();
+    let failed = |error: DbErr| (0..count).map(|_| Err(classify(error.clone()))).collect();
+    let txn = match writer.begin().await {
+        Ok(txn) => txn,
+        Err(error) => return failed(error),
+    };
+    let mut results = Vec::with_capacity(count);
+    for game in games {
+        let result = match txn.begin().await {
+            Ok(savepoint) => match record_in(&savepoint, game).await {
+                Ok(recorded) => savepoint
+                    .commit()
+                    .await
+                    .map(|()| recorded)
+                    .map_err(classify),
+                Err(error) => {
+                    savepoint.rollback().await.ok();
+                    Err(match error {
+                        RecordError::Duplicate(error) => classify(error),
+                        RecordError::Other(error) => error,
+                    })
+                }
+            },
+            Err(error) => Err(classify(error)),
+        };
+        results.push(result);
+    }
+    match txn.commit().await {
+        Ok(()) => results,
+        Err(error) => failed(error),
     }
 }

@@ -39,12 +39,17 @@ pub struct Store {
     /// queues them in the pool instead of failing with SQLITE_BUSY. On
     /// Postgres this is the same pool as `reader`.
     writer: DatabaseConnection,
+    /// On SQLite, RecordGame goes through a group-commit task that commits
+    /// concurrent games together (one fsync for many); `None` on Postgres,
+    /// where row locks let games commit concurrently.
+    games: Option<leaderboard::GameQueue>,
 }
 
 impl Store {
     /// Connects, applies every pending migration, and checks the engine.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
-        let (reader, writer) = if url.starts_with("sqlite:") {
+        let sqlite = url.starts_with("sqlite:");
+        let (reader, writer) = if sqlite {
             let reader = Database::connect(sqlite_options(url, max_connections.max(1))).await?;
             let writer = Database::connect(sqlite_options(url, 1)).await?;
             (reader, writer)
@@ -58,7 +63,12 @@ impl Store {
             let pool = Database::connect(options).await?;
             (pool.clone(), pool)
         };
-        let store = Self { reader, writer };
+        let games = sqlite.then(|| leaderboard::GameQueue::start(writer.clone()));
+        let store = Self {
+            reader,
+            writer,
+            games,
+        };
         Migrator::up(&store.writer, None).await?;
         store.log_engine().await?;
         Ok(store)

@@ -793,3 +793,60 @@ fn every_read_agrees_with_a_brute_force_ordering_of_the_database_over_random_his
     runtime.block_on(async move { drop(world.app.stop().await) });
     result.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_game_committed_together_with_others_undoes_only_itself() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = spawn_app().await;
+    app.create_user("overflowing").await;
+    app.create_user("steady").await;
+    win(&app, "overflowing", 1).await;
+    // One more big game would overflow this user's 64-bit total.
+    let db = app.database().await;
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE user_stats SET total_score = 9223372036854775000",
+    ))
+    .await
+    .unwrap();
+
+    // Concurrent games share SQLite commits: failures must not take others along.
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let app_channel = app.channel.clone();
+            tokio::spawn(async move {
+                let name = if i % 2 == 0 { "overflowing" } else { "steady" };
+                LeaderboardServiceClient::new(app_channel)
+                    .record_game(pb::RecordGameRequest {
+                        name: name.into(),
+                        outcome: GameOutcome::Win.into(),
+                        score: 1_000_000,
+                        request_id: format!("game-{i}"),
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|status| status.code())
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = call.await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(result, Err(tonic::Code::FailedPrecondition));
+        } else {
+            assert_eq!(result, Ok(()));
+        }
+    }
+    assert_eq!(stats(&app, "steady").await.unwrap().games_played, 20);
+    assert_eq!(stats(&app, "overflowing").await.unwrap().games_played, 1);
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM record_game_requests",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: i64 = row.try_get("", "n").unwrap();
+    assert_eq!(n, 20, "only the counted games keep their request ids");
+}
