@@ -5,9 +5,13 @@
 
 use std::time::Duration;
 
-use fred::prelude::{KeysInterface, LuaInterface};
+use fred::prelude::KeysInterface;
 
-use crate::{cache::Redis, domain::NameKey, error::Error};
+use crate::{
+    cache::{Redis, Script},
+    domain::NameKey,
+    error::Error,
+};
 
 /// How the throttle counts and waits.
 #[derive(Debug, Clone, Copy)]
@@ -25,18 +29,21 @@ const MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// Milliseconds the account must still wait (0 = go ahead). Server time, so
 /// replicas with skewed clocks agree.
-const REMAINING: &str = r"
+static REMAINING: Script = Script::new(
+    r"
 local blocked = redis.call('HGET', KEYS[1], 'until')
 if not blocked then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = tonumber(blocked) - now
 if left > 0 then return left end
-return 0";
+return 0",
+);
 
 /// Counts one failure; from the `limit`th on, blocks for base * 2^(n - limit)
 /// ms (capped). Returns the delay set (0 = still under the limit).
-const FAILED: &str = r"
+static FAILED: Script = Script::new(
+    r"
 local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local limit = tonumber(ARGV[1])
 local base = tonumber(ARGV[2])
@@ -52,7 +59,8 @@ if n >= limit then
   redis.call('HSET', KEYS[1], 'until', now + delay)
 end
 redis.call('PEXPIRE', KEYS[1], memory + delay)
-return delay";
+return delay",
+);
 
 /// The throttle. Cheap to clone.
 #[derive(Clone)]
@@ -77,8 +85,8 @@ impl Throttle {
         let Some(client) = self.client() else {
             return Ok(());
         };
-        let result: Result<i64, _> = client
-            .eval(REMAINING, vec![throttle_key(key)], Vec::<String>::new())
+        let result: Result<i64, _> = REMAINING
+            .eval(client, vec![throttle_key(key)], Vec::<String>::new())
             .await;
         match result {
             Ok(left) if left > 0 => Err(Error::TooManyAttempts {
@@ -104,7 +112,7 @@ impl Throttle {
             millis(self.policy.max_delay),
             millis(MEMORY),
         ];
-        let result: Result<i64, _> = client.eval(FAILED, vec![throttle_key(key)], args).await;
+        let result: Result<i64, _> = FAILED.eval(client, vec![throttle_key(key)], args).await;
         match result {
             Ok(delay) if delay > 0 => {
                 tracing::warn!(user = %key, delay_ms = delay, "failed password checks throttled");

@@ -38,14 +38,14 @@ use std::sync::{
 };
 
 use fred::{
-    prelude::{Error as RedisError, EventInterface, KeysInterface, LuaInterface},
+    prelude::{Error as RedisError, EventInterface, KeysInterface},
     types::{Key, Value},
 };
 use prost::{Message, bytes::Bytes};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::Redis;
+use super::{Redis, Script};
 use crate::{
     domain::{BoardEntry, BoardPage, BoardPosition, NameKey, PageSize, Score, Stats},
     proto::{roster::v1 as pb, stats_from_wire, stats_to_wire},
@@ -64,7 +64,8 @@ const UUID_CHARS: usize = 36;
 
 /// Applies entries (4 arguments each: name key, member, score, stats value)
 /// forward-only; returns {ready, 0-based rank of the last entry's member}.
-const UPDATE: &str = r"
+static UPDATE: Script = Script::new(
+    r"
 for i = 1, #ARGV, 4 do
   local key, member = ARGV[i], ARGV[i + 1]
   local old = redis.call('HGET', KEYS[2], key)
@@ -86,10 +87,12 @@ if #ARGV >= 4 then
   rank = redis.call('ZREVRANK', KEYS[1], member) or -1
 end
 return {ready, rank}
-";
+",
+);
 
 /// {0} when not ready; {1} when the user has no stats; {1, value, rank}.
-const STATS: &str = r"
+static STATS: Script = Script::new(
+    r"
 if redis.call('EXISTS', KEYS[4]) == 0 then return {0} end
 local value = redis.call('HGET', KEYS[3], ARGV[1])
 if not value then return {1} end
@@ -97,19 +100,23 @@ local member = redis.call('HGET', KEYS[2], ARGV[1])
 local rank = member and redis.call('ZREVRANK', KEYS[1], member)
 if not rank then return {0} end
 return {1, value, rank}
-";
+",
+);
 
 /// {0} when not ready; {1, total, [member, score, ...]}.
-const PAGE: &str = r"
+static PAGE: Script = Script::new(
+    r"
 if redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
 return {1, redis.call('ZCARD', KEYS[1]),
         redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')}
-";
+",
+);
 
 /// {0} when not ready; {1, -1} when the user is unranked;
 /// {1, start, total, [member, score, ...]}. The window rule is
 /// `domain::window_start`'s: centred, then clamped to the board.
-const AROUND: &str = r"
+static AROUND: Script = Script::new(
+    r"
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 if not member then return {1, -1} end
@@ -121,24 +128,29 @@ local start = index - math.floor((size - 1) / 2)
 if start > total - size then start = total - size end
 if start < 0 then start = 0 end
 return {1, start, total, redis.call('ZREVRANGE', KEYS[1], start, start + size - 1, 'WITHSCORES')}
-";
+",
+);
 
 /// Marks the set ready if the rebuild token in KEYS[2] is still ARGV[1].
-const FINISH: &str = r"
+static FINISH: Script = Script::new(
+    r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], 1)
 return 1
-";
+",
+);
 
 /// Removes one user (name key in ARGV[1]) from the set and both hashes.
-const REMOVE: &str = r"
+static REMOVE: Script = Script::new(
+    r"
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 if member then redis.call('ZREM', KEYS[1], member) end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
-";
+",
+);
 
 /// A user's stats as the board cache knows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,8 +255,8 @@ impl BoardCache {
             }
             return None;
         };
-        let result: Result<Value, _> = client
-            .eval(UPDATE, keys(), entry_args(key.as_str(), stats, position))
+        let result: Result<Value, _> = UPDATE
+            .eval(client, keys(), entry_args(key.as_str(), stats, position))
             .await;
         match result.map(Value::into_array) {
             Ok(reply) => {
@@ -275,7 +287,7 @@ impl BoardCache {
             return CachedStats::Unknown;
         };
         let reply = match self
-            .eval_read(client, STATS, keys(), vec![key.as_str().into()])
+            .eval_read(client, &STATS, keys(), vec![key.as_str().into()])
             .await
         {
             Some(reply) => reply,
@@ -309,7 +321,7 @@ impl BoardCache {
         let reply = self
             .eval_read(
                 client,
-                PAGE,
+                &PAGE,
                 vec![Key::from(SET_KEY), Key::from(READY_KEY)],
                 args,
             )
@@ -341,7 +353,7 @@ impl BoardCache {
             Key::from(READY_KEY),
         ];
         let args = vec![key.as_str().into(), size.get().to_string().into()];
-        let Some(reply) = self.eval_read(client, AROUND, keys, args).await else {
+        let Some(reply) = self.eval_read(client, &AROUND, keys, args).await else {
             return CachedWindow::Unknown;
         };
         match reply.as_slice() {
@@ -373,8 +385,8 @@ impl BoardCache {
             }
             return;
         };
-        let result: Result<Value, _> = client
-            .eval(REMOVE, keys(), vec![Value::from(key.as_str())])
+        let result: Result<Value, _> = REMOVE
+            .eval(client, keys(), vec![Value::from(key.as_str())])
             .await;
         if let Err(error) = result {
             self.warn("redis board removal failed", Some(&error));
@@ -416,7 +428,7 @@ impl BoardCache {
         if args.is_empty() {
             return Ok(());
         }
-        let _: Value = client.eval(UPDATE, keys(), args).await?;
+        let _: Value = UPDATE.eval(client, keys(), args).await?;
         Ok(())
     }
 
@@ -426,9 +438,9 @@ impl BoardCache {
     /// is trusted now.
     pub async fn finish_rebuild(&self, rebuild: Rebuild) -> Result<bool, RedisError> {
         let client = self.require_client()?;
-        let finished: i64 = client
+        let finished: i64 = FINISH
             .eval(
-                FINISH,
+                client,
                 vec![Key::from(READY_KEY), Key::from(BUILDING_KEY)],
                 vec![Value::from(rebuild.token)],
             )
@@ -477,11 +489,11 @@ impl BoardCache {
     async fn eval_read(
         &self,
         client: &fred::clients::Client,
-        script: &'static str,
+        script: &'static Script,
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Option<Vec<Value>> {
-        let result: Result<Value, _> = client.eval(script, keys, args).await;
+        let result: Result<Value, _> = script.eval(client, keys, args).await;
         match result {
             Ok(reply) => {
                 let reply = reply.into_array();

@@ -110,3 +110,51 @@ impl Redis {
         }
     }
 }
+
+/// A Lua script run by its SHA-1 (EVALSHA), so the hot paths do not send and
+/// hash the script body on every call. The digest comes from SCRIPT LOAD the
+/// first time; a NOSCRIPT answer (Redis restarted, flushed its scripts, or a
+/// Cluster node has not seen it) loads it again and falls back to EVAL.
+pub(crate) struct Script {
+    source: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Script {
+    /// A script with this Lua source.
+    pub(crate) const fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs the script with `keys` and `args`.
+    pub(crate) async fn eval<R, K, V>(
+        &self,
+        client: &fred::clients::Client,
+        keys: K,
+        args: V,
+    ) -> Result<R, RedisError>
+    where
+        R: fred::types::FromValue,
+        K: Into<fred::types::MultipleKeys> + Clone + Send,
+        V: TryInto<fred::types::MultipleValues> + Clone + Send,
+        V::Error: Into<RedisError> + Send,
+    {
+        use fred::prelude::LuaInterface;
+        if let Some(sha) = self.sha.get() {
+            match client
+                .evalsha::<R, _, _, _>(sha.as_str(), keys.clone(), args.clone())
+                .await
+            {
+                Err(error) if error.details().starts_with("NOSCRIPT") => {}
+                result => return result,
+            }
+        }
+        let sha: String = client.script_load(self.source).await?;
+        // Same source, same digest: a second set is a no-op.
+        let _ = self.sha.set(sha);
+        client.eval(self.source, keys, args).await
+    }
+}

@@ -17,10 +17,10 @@ use std::{
     time::Duration,
 };
 
-use fred::prelude::{Expiration, KeysInterface, LuaInterface, SetOptions};
+use fred::prelude::{Expiration, KeysInterface, SetOptions};
 use prost::{Message, bytes::Bytes};
 
-use super::Redis;
+use super::{Redis, Script};
 use crate::{
     domain::{NameKey, User},
     proto::roster::v1 as pb,
@@ -42,13 +42,15 @@ pub fn lease_key(key: &NameKey) -> String {
 
 /// Stores ARGV[2] under KEYS[1] for ARGV[3] seconds only if KEYS[2] (the
 /// lease) still holds ARGV[1]; consumes the lease.
-const GUARDED_FILL: &str = r"
+static GUARDED_FILL: Script = Script::new(
+    r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
   redis.call('DEL', KEYS[2])
   return 1
 end
-return 0";
+return 0",
+);
 
 /// The user cache. Cheap to clone; without Redis every read misses.
 #[derive(Clone)]
@@ -152,7 +154,7 @@ impl UserCache {
             return;
         }
         let args: Vec<fred::types::Value> = vec![token.into(), value.into(), ttl.into()];
-        let result: Result<i64, _> = client.eval(GUARDED_FILL, keys, args).await;
+        let result: Result<i64, _> = GUARDED_FILL.eval(client, keys, args).await;
         if let Err(error) = result {
             redis.warn("redis fill failed; cache not filled", Some(&error));
         }
