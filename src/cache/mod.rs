@@ -1,5 +1,6 @@
-//! Redis (fred): one fail-open connection shared by the user cache and the
-//! login throttle. A Redis failure never fails a call.
+//! Redis (fred): one fail-open connection shared by the user cache, the
+//! leaderboard's sorted set and the login throttle, plus the Lua script
+//! runner they use. A Redis failure never fails a call.
 
 pub mod board;
 mod users;
@@ -53,7 +54,7 @@ impl Redis {
             warnings: Arc::new(LogThrottle::new(Duration::from_secs(10))),
         };
         client.on_reconnect(|server| async move {
-            tracing::info!(%server, "redis connected; cache in use");
+            tracing::info!(%server, "redis connected");
             Ok(())
         });
         let warnings = Arc::clone(&redis.warnings);
