@@ -109,6 +109,8 @@ where
     F: Fn(Channel) -> Option<Fut> + Clone + Send + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
+    // Progress on stderr (unbuffered), so a profiler can be aimed at one scenario.
+    eprintln!("running {name} ...");
     let start = Instant::now();
     let stop = start + duration;
     let tasks: Vec<_> = (0..concurrency)
