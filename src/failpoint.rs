@@ -2,7 +2,7 @@
 //! integration tests enable it): pause a code path at a named point for one
 //! user key, count how often a point is passed, or switch a guard off.
 //! Keyed by user so tests running in parallel do not disturb each other.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(missing_docs)]
 
 use std::{
     collections::{HashMap, HashSet},
@@ -30,7 +30,7 @@ pub fn arm(point: &'static str, key: &str) -> Arc<Pause> {
     let pause = Arc::new(Pause::default());
     PAUSES
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .insert((point, key.to_owned()), Arc::clone(&pause));
     pause
 }
@@ -39,10 +39,13 @@ pub fn arm(point: &'static str, key: &str) -> Arc<Pause> {
 pub async fn hit(point: &'static str, key: &str) {
     *COUNTS
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .entry((point, key.to_owned()))
         .or_default() += 1;
-    let pause = PAUSES.lock().unwrap().remove(&(point, key.to_owned()));
+    let pause = PAUSES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(point, key.to_owned()));
     if let Some(pause) = pause {
         pause.reached.notify_one();
         pause.resume.notified().await;
@@ -53,7 +56,7 @@ pub async fn hit(point: &'static str, key: &str) {
 pub fn count(point: &'static str, key: &str) -> usize {
     COUNTS
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .get(&(point, key.to_owned()))
         .copied()
         .unwrap_or(0)
@@ -61,7 +64,7 @@ pub fn count(point: &'static str, key: &str) -> usize {
 
 /// Turns the cache-fill guard off (or back on) for `key`.
 pub fn set_unguarded(key: &str, unguarded: bool) {
-    let mut keys = UNGUARDED.lock().unwrap();
+    let mut keys = UNGUARDED.lock().unwrap_or_else(|e| e.into_inner());
     if unguarded {
         keys.insert(key.to_owned());
     } else {
@@ -71,5 +74,8 @@ pub fn set_unguarded(key: &str, unguarded: bool) {
 
 /// Whether the cache-fill guard is off for `key`.
 pub fn is_unguarded(key: &str) -> bool {
-    UNGUARDED.lock().unwrap().contains(key)
+    UNGUARDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(key)
 }

@@ -186,6 +186,13 @@ fn start_redis(dir: &std::path::Path) -> (String, PrivateRedis) {
     (format!("redis://127.0.0.1:{port}"), PrivateRedis(child))
 }
 
+/// Names of preloaded users in a fixed scattered order (a prime stride), so
+/// reads hit every part of the board rather than one hot corner.
+fn spread_over_users(total: usize) -> impl Fn() -> String + Clone + Send + 'static {
+    let cursor = Arc::new(AtomicUsize::new(0));
+    move || name_of(cursor.fetch_add(7_919, Ordering::Relaxed) % total)
+}
+
 fn name_of(i: usize) -> String {
     format!("bench-user-{i}")
 }
@@ -492,7 +499,7 @@ fn main() {
             )
             .await,
         );
-        let cursor = Arc::new(AtomicUsize::new(0));
+        let next_user = spread_over_users(total);
         reports.push(
             load(
                 "AroundUser",
@@ -500,11 +507,11 @@ fn main() {
                 args.concurrency,
                 &channels,
                 move |ch| {
-                    let i = cursor.fetch_add(7_919, Ordering::Relaxed) % total;
+                    let name = next_user();
                     Some(async move {
                         LeaderboardServiceClient::new(ch)
                             .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
-                                name: name_of(i),
+                                name,
                                 page_size: 11,
                             })
                             .await
@@ -514,7 +521,7 @@ fn main() {
             )
             .await,
         );
-        let cursor = Arc::new(AtomicUsize::new(0));
+        let next_user = spread_over_users(total);
         reports.push(
             load(
                 "GetUserStats",
@@ -522,10 +529,10 @@ fn main() {
                 args.concurrency,
                 &channels,
                 move |ch| {
-                    let i = cursor.fetch_add(7_919, Ordering::Relaxed) % total;
+                    let name = next_user();
                     Some(async move {
                         LeaderboardServiceClient::new(ch)
-                            .get_user_stats(pb::GetUserStatsRequest { name: name_of(i) })
+                            .get_user_stats(pb::GetUserStatsRequest { name })
                             .await
                             .map(drop)
                     })

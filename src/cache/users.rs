@@ -136,20 +136,14 @@ impl UserCache {
         let Some(client) = redis.connected() else {
             return;
         };
-        let ttl = self.ttl.as_secs().max(1).to_string();
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         let value = Bytes::from(pb::User::from(user).encode_to_vec());
         let keys = vec![user_key(key), lease_key(key)];
         #[cfg(feature = "failpoints")]
         if crate::failpoint::is_unguarded(key.as_str()) {
             // Test-only: the fill without its guard, to show the race is real.
             let _: Result<(), _> = client
-                .set(
-                    &keys[0],
-                    value,
-                    Some(Expiration::EX(self.ttl.as_secs().max(1) as i64)),
-                    None,
-                    false,
-                )
+                .set(&keys[0], value, Some(Expiration::EX(ttl)), None, false)
                 .await;
             return;
         }

@@ -55,9 +55,8 @@ impl LeaderboardService for LeaderboardServiceImpl {
         &self,
         request: Request<pb::GetUserStatsRequest>,
     ) -> Result<Response<pb::GetUserStatsResponse>, Status> {
-        let mut fields = Fields::new();
-        let name = fields.check("name", UserName::parse(&request.into_inner().name));
-        let ranked = self.leaderboard.stats(fields.finish(name)?).await?;
+        let name = Fields::one("name", UserName::parse(&request.into_inner().name))?;
+        let ranked = self.leaderboard.stats(name).await?;
         Ok(Response::new(pb::GetUserStatsResponse {
             stats: wire(&ranked),
         }))

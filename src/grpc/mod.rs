@@ -54,6 +54,13 @@ impl Fields {
             .ok()
     }
 
+    /// A request with one field to check: its value, or `INVALID_ARGUMENT`.
+    pub(crate) fn one<T>(field: &'static str, result: Result<T, Invalid>) -> Result<T, Error> {
+        let mut fields = Self::new();
+        let value = fields.check(field, result);
+        fields.finish(value)
+    }
+
     /// The parsed values, or `INVALID_ARGUMENT` with every violation recorded.
     pub(crate) fn finish<T>(self, parsed: Option<T>) -> Result<T, Error> {
         match parsed {

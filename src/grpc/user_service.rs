@@ -5,7 +5,6 @@ use tonic::{Request, Response, Status};
 use super::{Fields, deadline};
 use crate::{
     domain::{PageSize, Password, UserCursor, UserName},
-    error::Error,
     proto::roster::v1::{self as pb, user_service_server::UserService},
     users::Users,
 };
@@ -52,8 +51,7 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let name = UserName::parse(&request.into_inner().name)
-            .map_err(|invalid| Error::InvalidArgument(vec![invalid.on("name")]))?;
+        let name = Fields::one("name", UserName::parse(&request.into_inner().name))?;
         let user = self.users.get(name).await?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some((&user).into()),
@@ -107,8 +105,7 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let name = UserName::parse(&request.into_inner().name)
-            .map_err(|invalid| Error::InvalidArgument(vec![invalid.on("name")]))?;
+        let name = Fields::one("name", UserName::parse(&request.into_inner().name))?;
         self.users.delete(name).await?;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }

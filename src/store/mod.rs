@@ -95,7 +95,8 @@ impl Store {
     /// Succeeds when the database answers a trivial query.
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.reader.ping().await?;
-        if !same_pool(&self.reader, &self.writer) {
+        // On SQLite the writer is a pool of its own; elsewhere it is `reader`.
+        if self.writer.get_database_backend() == DbBackend::Sqlite {
             self.writer.ping().await?;
         }
         Ok(())
@@ -262,10 +263,6 @@ fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
                 .foreign_keys(true)
         });
     options
-}
-
-fn same_pool(a: &DatabaseConnection, b: &DatabaseConnection) -> bool {
-    a.get_database_backend() != DbBackend::Sqlite && b.get_database_backend() != DbBackend::Sqlite
 }
 
 /// Maps a database error to UNAVAILABLE when retrying later may help
