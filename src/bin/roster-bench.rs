@@ -19,6 +19,11 @@ use std::{
 };
 
 use chrono::Utc;
+
+// The server binary's allocator, so the in-process server runs as it would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, KeysInterface};
 use hdrhistogram::Histogram;
@@ -377,7 +382,11 @@ fn main() {
         // Only matters with --redis-url: start from an empty cache and board.
         let _: () = redis.flushall(false).await.unwrap();
         // Creates the file and the schema, as the server would.
-        Store::connect(&database_url, 1).await.unwrap().close().await;
+        Store::connect(&database_url, 1)
+            .await
+            .unwrap()
+            .close()
+            .await;
         preload(&database_url, args.users, phc.as_phc()).await;
         redis
     });
@@ -417,22 +426,16 @@ fn main() {
 
         let mut reports = Vec::new();
         reports.extend(
-            load(
-                &args,
-                "Health/Check",
-                args.concurrency,
-                &channels,
-                |ch| {
-                    Some(async move {
-                        HealthClient::new(ch)
-                            .check(HealthCheckRequest {
-                                service: String::new(),
-                            })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&args, "Health/Check", args.concurrency, &channels, |ch| {
+                Some(async move {
+                    HealthClient::new(ch)
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
 

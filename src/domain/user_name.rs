@@ -32,6 +32,32 @@ impl UserName {
         if raw.len() > Self::MAX_BYTES {
             return Err(too_long());
         }
+        if let Some(name) = Self::parse_printable_ascii(raw) {
+            return name;
+        }
+        Self::parse_unicode(raw)
+    }
+
+    /// The common case, without the Unicode tables: for printable ASCII
+    /// (U+0021..U+007E) every rule of [`parse_unicode`](Self::parse_unicode)
+    /// reduces to lower-casing and the length limit. These code points are
+    /// all PVALID in the IdentifierClass (ASCII7), width mapping and NFC leave
+    /// them alone, and they are Latin or Common, so one script. A property
+    /// test checks that both paths agree. `None` when `raw` holds anything else.
+    fn parse_printable_ascii(raw: &str) -> Option<Result<Self, Invalid>> {
+        if raw.is_empty() || !raw.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+            return None;
+        }
+        if raw.len() > Self::MAX_CODE_POINTS {
+            return Some(Err(too_long()));
+        }
+        Some(Ok(Self {
+            display: raw.to_owned(),
+            key: NameKey(raw.to_ascii_lowercase()),
+        }))
+    }
+
+    fn parse_unicode(raw: &str) -> Result<Self, Invalid> {
         if raw.is_empty() {
             return Err(Invalid::new("NAME_EMPTY", "name is required"));
         }
@@ -213,6 +239,21 @@ mod tests {
         assert_eq!(reason("p\u{0430}ypal"), "NAME_MIXED_SCRIPT");
         assert_eq!(reason(&"a".repeat(65)), "NAME_TOO_LONG");
         assert_eq!(reason(&"a".repeat(1 << 20)), "NAME_TOO_LONG");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_ascii_fast_path_agrees_with_the_full_rules(raw in "[\\x20-\\x7e]{0,70}") {
+            let full = UserName::parse_unicode(&raw);
+            match UserName::parse_printable_ascii(&raw) {
+                Some(fast) => proptest::prop_assert_eq!(
+                    fast.map(|n| (n.display, n.key)).map_err(|e| e.reason),
+                    full.map(|n| (n.display, n.key)).map_err(|e| e.reason)
+                ),
+                // Only names the fast path cannot judge fall through.
+                None => proptest::prop_assert!(raw.is_empty() || raw.contains(' ')),
+            }
+        }
     }
 
     #[test]
