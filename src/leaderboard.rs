@@ -98,18 +98,25 @@ impl Leaderboard {
     pub async fn stats(&self, name: UserName) -> Result<RankedStats, Error> {
         match self.board.stats(name.key()).await {
             CachedStats::Ranked(stats, rank) => Ok(RankedStats { stats, rank }),
-            CachedStats::Unranked => {
-                let user = self.users.get(name).await?;
-                Ok(RankedStats {
-                    stats: Stats::none(user.id, user.name),
-                    rank: 0,
-                })
-            }
-            CachedStats::Unknown => {
-                let user = self.users.get(name.clone()).await?;
-                self.current(&name, &user).await
-            }
+            // The other paths read the database: boxed, so their large
+            // futures are not moved around on every call (see `around`).
+            cached => Box::pin(self.stats_uncached(name, cached)).await,
         }
+    }
+
+    async fn stats_uncached(
+        &self,
+        name: UserName,
+        cached: CachedStats,
+    ) -> Result<RankedStats, Error> {
+        let user = self.users.get(name.clone()).await?;
+        if cached == CachedStats::Unranked {
+            return Ok(RankedStats {
+                stats: Stats::none(user.id, user.name),
+                rank: 0,
+            });
+        }
+        self.current(&name, &user).await
     }
 
     /// The page of `size` entries at 0-based `offset` (from a page token).
@@ -118,7 +125,7 @@ impl Leaderboard {
         let limit = u64::from(size.get());
         let page = match self.board.page(offset, limit).await {
             Some(page) => page,
-            None => self.store.board_page(offset, limit).await?,
+            None => Box::pin(self.store.board_page(offset, limit)).await?,
         };
         let next_offset = offset.saturating_add(limit);
         let next = (next_offset < page.total).then(|| PageToken::new(size, next_offset));
@@ -130,19 +137,28 @@ impl Leaderboard {
     pub async fn around(&self, name: UserName, size: PageSize) -> Result<Vec<BoardEntry>, Error> {
         match self.board.around(name.key(), size).await {
             CachedWindow::Window(page) => Ok(page.entries),
-            CachedWindow::Unranked => {
-                // Unknown users are NOT_FOUND; known ones have no games.
-                self.users.get(name).await?;
-                Ok(Vec::new())
-            }
-            CachedWindow::Unknown => {
-                let user = self.users.get(name).await?;
-                let (_, position) = self.store.find_stats(&user).await?;
-                match position {
-                    Some(position) => Ok(self.store.board_window(position, size).await?.entries),
-                    None => Ok(Vec::new()),
-                }
-            }
+            // The database paths are boxed: their futures (SQL drivers
+            // included) are several KB, and inlined here they would make
+            // every call's future that large, copied each time it is moved.
+            cached => Box::pin(self.around_uncached(name, size, cached)).await,
+        }
+    }
+
+    async fn around_uncached(
+        &self,
+        name: UserName,
+        size: PageSize,
+        cached: CachedWindow,
+    ) -> Result<Vec<BoardEntry>, Error> {
+        // Unknown users are NOT_FOUND; known ones may have no games.
+        let user = self.users.get(name).await?;
+        if cached == CachedWindow::Unranked {
+            return Ok(Vec::new());
+        }
+        let (_, position) = self.store.find_stats(&user).await?;
+        match position {
+            Some(position) => Ok(self.store.board_window(position, size).await?.entries),
+            None => Ok(Vec::new()),
         }
     }
 

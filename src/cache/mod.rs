@@ -145,17 +145,19 @@ impl Script {
     {
         use fred::prelude::LuaInterface;
         if let Some(sha) = self.sha.get() {
-            match client
-                .evalsha::<R, _, _, _>(sha.as_str(), keys.clone(), args.clone())
+            // Boxed: fred's command futures are about 7 KB, and inlined they
+            // would make every caller's future that large, copied each time
+            // it is moved (into tonic's box, into tracing's wrapper).
+            match Box::pin(client.evalsha::<R, _, _, _>(sha.as_str(), keys.clone(), args.clone()))
                 .await
             {
                 Err(error) if error.details().starts_with("NOSCRIPT") => {}
                 result => return result,
             }
         }
-        let sha: String = client.script_load(self.source).await?;
+        let sha: String = Box::pin(client.script_load(self.source)).await?;
         // Same source, same digest: a second set is a no-op.
         let _ = self.sha.set(sha);
-        client.eval(self.source, keys, args).await
+        Box::pin(client.eval(self.source, keys, args)).await
     }
 }
