@@ -4,10 +4,10 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use prost::Message;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, JoinType, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, SqlErr, Statement, TransactionTrait,
-    sea_query::OnConflict,
+    AccessMode, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, FromQueryResult, IsolationLevel, JoinType,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait, SqlErr, Statement,
+    TransactionTrait, sea_query::OnConflict,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -46,7 +46,7 @@ pub struct SnapshotRow {
     pub user_id: Uuid,
     /// Display name.
     pub name: String,
-    /// Canonical name key (the cursor of the snapshot).
+    /// Canonical name key.
     pub name_key: String,
     /// See [`Stats`].
     pub games_played: i64,
@@ -90,6 +90,64 @@ impl SnapshotRow {
             score: self.score,
             seq: self.seq,
         }
+    }
+}
+
+/// A consistent, rank-ordered read of the whole board; see
+/// [`Store::board_snapshot`].
+pub struct BoardSnapshot {
+    txn: DatabaseTransaction,
+    after: Option<BoardPosition>,
+}
+
+impl BoardSnapshot {
+    /// The next up to `limit` ranked users in board order (best first); empty
+    /// once every user was read.
+    pub async fn next_page(&mut self, limit: u64) -> Result<Vec<SnapshotRow>, Error> {
+        let mut query = user_stats::Entity::find()
+            .select_only()
+            .columns([
+                user_stats::Column::UserId,
+                user_stats::Column::GamesPlayed,
+                user_stats::Column::Wins,
+                user_stats::Column::Losses,
+                user_stats::Column::Draws,
+                user_stats::Column::BestScore,
+                user_stats::Column::TotalScore,
+                user_stats::Column::UpdateTime,
+            ])
+            .columns([users::Column::Name, users::Column::NameKey])
+            .columns([board::Column::Score, board::Column::Seq])
+            .join(JoinType::InnerJoin, user_stats::Relation::User.def())
+            .join(JoinType::InnerJoin, board::Relation::User.def().rev())
+            .order_by_desc(board::Column::Score)
+            .order_by_asc(board::Column::Seq)
+            .limit(limit);
+        if let Some(after) = self.after {
+            query = query.filter(
+                Condition::any()
+                    .add(board::Column::Score.lt(after.score))
+                    .add(
+                        Condition::all()
+                            .add(board::Column::Score.eq(after.score))
+                            .add(board::Column::Seq.gt(after.seq)),
+                    ),
+            );
+        }
+        let rows = query
+            .into_model::<SnapshotRow>()
+            .all(&self.txn)
+            .await
+            .map_err(classify)?;
+        if let Some(last) = rows.last() {
+            self.after = Some(last.position());
+        }
+        Ok(rows)
+    }
+
+    /// Ends the read transaction.
+    pub async fn close(self) -> Result<(), Error> {
+        self.txn.commit().await.map_err(classify)
     }
 }
 
@@ -191,40 +249,24 @@ impl Store {
         Ok(BoardPage { entries, total })
     }
 
-    /// Up to `limit` ranked users with a canonical name after `after`, in name
-    /// order: the pages of a full snapshot of the board.
+    /// Opens a consistent read of the whole board, in board order (one read
+    /// transaction: a snapshot on SQLite's WAL, REPEATABLE READ on Postgres),
+    /// so a user who moves while it is read is seen exactly once.
     #[tracing::instrument(skip_all)]
-    pub async fn board_snapshot(
-        &self,
-        after: Option<&str>,
-        limit: u64,
-    ) -> Result<Vec<SnapshotRow>, Error> {
-        let mut query = user_stats::Entity::find()
-            .select_only()
-            .columns([
-                user_stats::Column::UserId,
-                user_stats::Column::GamesPlayed,
-                user_stats::Column::Wins,
-                user_stats::Column::Losses,
-                user_stats::Column::Draws,
-                user_stats::Column::BestScore,
-                user_stats::Column::TotalScore,
-                user_stats::Column::UpdateTime,
-            ])
-            .columns([users::Column::Name, users::Column::NameKey])
-            .columns([board::Column::Score, board::Column::Seq])
-            .join(JoinType::InnerJoin, user_stats::Relation::User.def())
-            .join(JoinType::InnerJoin, board::Relation::User.def().rev())
-            .order_by_asc(users::Column::NameKey)
-            .limit(limit);
-        if let Some(after) = after {
-            query = query.filter(users::Column::NameKey.gt(after));
+    pub async fn board_snapshot(&self) -> Result<BoardSnapshot, Error> {
+        let txn = match self.reader.get_database_backend() {
+            DbBackend::Postgres => {
+                self.reader
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await
+            }
+            _ => self.reader.begin().await,
         }
-        query
-            .into_model::<SnapshotRow>()
-            .all(&self.reader)
-            .await
-            .map_err(classify)
+        .map_err(classify)?;
+        Ok(BoardSnapshot { txn, after: None })
     }
 
     /// Deletes idempotency records created before `before`; returns how many.
@@ -578,5 +620,86 @@ async fn commit_group<'a>(
     match txn.commit().await {
         Ok(()) => results,
         Err(error) => failed(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{credentials::PasswordHash, domain::UserName};
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        (dir, Store::connect(&url, 4).await.unwrap())
+    }
+
+    async fn play(store: &Store, user: &User, score: i64) {
+        store
+            .record_game(
+                user,
+                Outcome::parse(1).unwrap(),
+                Score::parse(score).unwrap(),
+                None,
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn read_all(snapshot: &mut BoardSnapshot, page: u64) -> Vec<(String, i64)> {
+        let mut all = Vec::new();
+        loop {
+            let rows = snapshot.next_page(page).await.unwrap();
+            let last = (rows.len() as u64) < page;
+            all.extend(rows.into_iter().map(|r| (r.name, r.score)));
+            if last {
+                return all;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_reads_every_ranked_user_once_in_board_order_despite_moves() {
+        let (_dir, store) = store().await;
+        let hash = PasswordHash::from_stored("not-a-real-hash".into());
+        let mut users = Vec::new();
+        // Ties on purpose: scores 0..4 for 14 users; one user never plays.
+        for i in 0..15 {
+            let name = UserName::parse(&format!("u{i}")).unwrap();
+            let user = store.insert_user(&name, &hash, Utc::now()).await.unwrap();
+            if i < 14 {
+                play(&store, &user, i % 5).await;
+            }
+            users.push(user);
+        }
+        let board = store.board_page(0, 100).await.unwrap().entries;
+        let expected: Vec<_> = board.iter().map(|e| (e.name.clone(), e.score)).collect();
+        assert_eq!(expected.len(), 14);
+
+        // Pages of 3, with the first user read so far moving from the last
+        // place to the first one in between: the snapshot still lists each
+        // user once, as the board stood when it began.
+        let mut snapshot = store.board_snapshot().await.unwrap();
+        let mut read = snapshot
+            .next_page(3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name, r.score))
+            .collect::<Vec<_>>();
+        let last_place = board.last().unwrap().name.clone();
+        let mover = users.iter().find(|u| u.name == last_place).unwrap();
+        play(&store, mover, 1_000).await;
+        read.extend(read_all(&mut snapshot, 3).await);
+        snapshot.close().await.unwrap();
+        assert_eq!(read, expected);
+
+        // A new snapshot sees the move.
+        let mut snapshot = store.board_snapshot().await.unwrap();
+        let after = read_all(&mut snapshot, 4).await;
+        snapshot.close().await.unwrap();
+        assert_eq!(after.first(), Some(&(last_place, 1_000)));
+        assert_eq!(after.len(), 14);
     }
 }
