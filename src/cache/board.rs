@@ -54,7 +54,8 @@ use crate::{
 const SET_KEY: &str = "roster:v1:board:{lb}:set";
 const MEMBERS_KEY: &str = "roster:v1:board:{lb}:members";
 const STATS_KEY: &str = "roster:v1:board:{lb}:stats";
-const READY_KEY: &str = "roster:v1:board:{lb}:ready";
+/// Present while the set holds the whole board (see the module docs).
+pub const READY_KEY: &str = "roster:v1:board:{lb}:ready";
 const BUILDING_KEY: &str = "roster:v1:board:{lb}:building";
 
 /// The largest tie-break number the member encoding holds.

@@ -124,15 +124,7 @@ impl BoardSnapshot {
             .order_by_asc(board::Column::Seq)
             .limit(limit);
         if let Some(after) = self.after {
-            query = query.filter(
-                Condition::any()
-                    .add(board::Column::Score.lt(after.score))
-                    .add(
-                        Condition::all()
-                            .add(board::Column::Score.eq(after.score))
-                            .add(board::Column::Seq.gt(after.seq)),
-                    ),
-            );
+            query = query.filter(behind(after));
         }
         let rows = query
             .into_model::<SnapshotRow>()
@@ -284,18 +276,34 @@ impl Store {
 /// How many entries rank ahead of `position`.
 async fn count_ahead(db: &impl ConnectionTrait, position: BoardPosition) -> Result<u64, Error> {
     board::Entity::find()
-        .filter(
-            Condition::any()
-                .add(board::Column::Score.gt(position.score))
-                .add(
-                    Condition::all()
-                        .add(board::Column::Score.eq(position.score))
-                        .add(board::Column::Seq.lt(position.seq)),
-                ),
-        )
+        .filter(ahead_of(position))
         .count(db)
         .await
         .map_err(classify)
+}
+
+/// Board rows ranked above `position`: a higher score, or the same score
+/// reached earlier (lower seq).
+fn ahead_of(position: BoardPosition) -> Condition {
+    Condition::any()
+        .add(board::Column::Score.gt(position.score))
+        .add(
+            Condition::all()
+                .add(board::Column::Score.eq(position.score))
+                .add(board::Column::Seq.lt(position.seq)),
+        )
+}
+
+/// Board rows ranked below `position` (the complement of [`ahead_of`],
+/// without the position itself).
+fn behind(position: BoardPosition) -> Condition {
+    Condition::any()
+        .add(board::Column::Score.lt(position.score))
+        .add(
+            Condition::all()
+                .add(board::Column::Score.eq(position.score))
+                .add(board::Column::Seq.gt(position.seq)),
+        )
 }
 
 /// Up to `limit` entries from 0-based `offset`, in board order.
