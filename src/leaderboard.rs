@@ -177,19 +177,23 @@ impl Leaderboard {
 
     /// Runs for the life of the server: rebuilds the Redis board whenever it
     /// is missing or untrusted (at start, after a failed update, after a
-    /// reconnect), and prunes expired idempotency records every hour.
+    /// reconnect), keeps this process's copy of it current, and prunes
+    /// expired idempotency records every hour.
     pub async fn maintain(self) {
         if self.board.is_enabled() {
             self.board.distrust();
         }
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.board.rebuild_requested() => self.rebuild_until_trusted().await,
-                _ = prune.tick() => self.prune().await,
+        let rebuild_and_prune = async {
+            loop {
+                tokio::select! {
+                    () = self.board.rebuild_requested() => self.rebuild_until_trusted().await,
+                    _ = prune.tick() => self.prune().await,
+                }
             }
-        }
+        };
+        tokio::join!(rebuild_and_prune, self.board.keep_copy());
     }
 
     async fn rebuild_until_trusted(&self) {

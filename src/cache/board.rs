@@ -1,6 +1,8 @@
 //! The board in Redis: a sorted set of ranked users plus each user's stats,
 //! kept exact by forward-only Lua updates and trusted only while it is known
-//! complete. Shares the user cache's connection and its fail-open rules.
+//! complete; and this process's copy of it, which answers reads once a sync
+//! with Redis made after the read arrived shows it is current. Shares the
+//! user cache's connection and its fail-open rules.
 //!
 //! Layout (one hash tag, so a Redis Cluster keeps every key in one slot):
 //! - `roster:v1:board:{lb}:set`: ZSET, score = best score (integers up to
@@ -10,11 +12,16 @@
 //! - `roster:v1:board:{lb}:members`: HASH name key -> current member.
 //! - `roster:v1:board:{lb}:stats`: HASH name key -> 20-digit games_played,
 //!   then the encoded `roster.v1.UserStats` (without rank).
-//! - `roster:v1:board:{lb}:ready`: present only once a rebuild has loaded the
-//!   whole board; every read checks it atomically with the data it reads.
+//! - `roster:v1:board:{lb}:ready`: the token of the rebuild that loaded the
+//!   whole board (the board's generation); present only once it has. Every
+//!   read checks it atomically with the data it reads.
 //! - `roster:v1:board:{lb}:building`: the token of the rebuild in progress; a
 //!   rebuild marks the set ready only if its token is still there, so a flush,
 //!   a restart or another rebuild meanwhile makes it start over.
+//! - `roster:v1:board:{lb}:version` and `roster:v1:board:{lb}:log`: a counter
+//!   and a STREAM of every live change to the board (entry `N-0` is change N:
+//!   fields k, m, s, v as in an update, or only k for a removal), trimmed to
+//!   about 10,000 entries. Each replica's copy follows it.
 //!
 //! Redis must not evict these keys (use `noeviction` or a `volatile-*` policy:
 //! they have no TTL); a lost key is only noticed through the ready marker.
@@ -26,25 +33,41 @@
 //! marker missing) this process stops trusting the set and reads the database
 //! until a rebuild has finished; every reconnect also triggers a rebuild.
 //!
+//! The copy (see `board/mirror.rs`): loaded by scanning the set after noting
+//! the generation and log position, then kept current from the log. A read
+//! uses it only when a sync that began after the read arrived found Redis at
+//! the copy's generation and at most at its log position: every game
+//! acknowledged before the read (by any replica) reached Redis before that
+//! sync, so the copy reflects it. Concurrent reads share one sync (one
+//! EVALSHA for all of them), which is what makes the copy cheap. Anything
+//! else (a new generation, a gap in the log, Redis slow or down) sends the
+//! read to the Redis scripts, and from there to the database.
+//!
 //! Limitation (several replicas): trust is per process. If replica A fails to
 //! apply an update while replica B still reaches Redis, B keeps reading the set
 //! until A's rebuild deletes the ready marker. Concurrent rebuilds by two
 //! replicas are not coordinated either (a `SET NX` lease would be needed), so
 //! for exact reads across replicas run one writer replica or add that lease.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+mod mirror;
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use fred::{
-    prelude::{Error as RedisError, EventInterface, KeysInterface},
+    prelude::{ClientLike, Error as RedisError, EventInterface, KeysInterface},
     types::{Key, Value},
 };
 use prost::{Message, bytes::Bytes};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use self::mirror::{Entry, Mirror};
 use super::{Redis, Script};
 use crate::{
     domain::{BoardEntry, BoardPage, BoardPosition, NameKey, PageSize, Score, Stats},
@@ -57,33 +80,58 @@ const STATS_KEY: &str = "roster:v1:board:{lb}:stats";
 /// Present while the set holds the whole board (see the module docs).
 pub const READY_KEY: &str = "roster:v1:board:{lb}:ready";
 const BUILDING_KEY: &str = "roster:v1:board:{lb}:building";
+const VERSION_KEY: &str = "roster:v1:board:{lb}:version";
+const LOG_KEY: &str = "roster:v1:board:{lb}:log";
 
 /// The largest tie-break number the member encoding holds.
 const MAX_SEQ: i64 = Score::MAX;
 const SEQ_DIGITS: usize = 16;
 const UUID_CHARS: usize = 36;
 
-/// Applies entries (4 arguments each: name key, member, score, stats value)
-/// forward-only; returns {ready, 0-based rank of the last entry's member}.
+/// Changes the log keeps (at least; Redis trims in whole nodes). A copy
+/// that falls further behind than this is loaded again.
+const LOG_LENGTH: &str = "10000";
+/// Log entries read per sync script call.
+const SYNC_BATCH: u64 = 1_000;
+/// Sync script calls one sync may make to catch up before giving up.
+const SYNC_CALLS: usize = 4;
+/// Users read per scan script call while loading the copy.
+const SCAN_BATCH: u64 = 1_000;
+/// How often the copy syncs while no read asks it to, so that it stays
+/// within the log and notices a new generation early.
+const IDLE_SYNC: Duration = Duration::from_millis(100);
+
+/// Applies entries (4 arguments each after the first two: name key, member,
+/// score, stats value) forward-only. ARGV[1] = "1" logs every change (live
+/// updates; a rebuild's load is not logged, copies load the finished set).
+/// Returns {ready, 0-based rank of the last entry's member}.
 static UPDATE: Script = Script::new(
     r"
-for i = 1, #ARGV, 4 do
-  local key, member = ARGV[i], ARGV[i + 1]
+local log = ARGV[1] == '1'
+for i = 3, #ARGV, 4 do
+  local key, member, score, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local changed = false
   local old = redis.call('HGET', KEYS[2], key)
   if (not old) or tonumber(string.sub(old, 1, 16)) > tonumber(string.sub(member, 1, 16)) then
     if old then redis.call('ZREM', KEYS[1], old) end
-    redis.call('ZADD', KEYS[1], ARGV[i + 2], member)
+    redis.call('ZADD', KEYS[1], score, member)
     redis.call('HSET', KEYS[2], key, member)
+    changed = true
   end
-  local value = ARGV[i + 3]
   local current = redis.call('HGET', KEYS[3], key)
   if (not current) or tonumber(string.sub(current, 1, 20)) < tonumber(string.sub(value, 1, 20)) then
     redis.call('HSET', KEYS[3], key, value)
+    changed = true
+  end
+  if log and changed then
+    local version = redis.call('INCR', KEYS[5])
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], string.format('%d-0', version),
+               'k', key, 'm', member, 's', score, 'v', value)
   end
 end
 local ready = redis.call('EXISTS', KEYS[4])
 local rank = -1
-if #ARGV >= 4 then
+if #ARGV >= 6 then
   local member = redis.call('HGET', KEYS[2], ARGV[#ARGV - 3])
   rank = redis.call('ZREVRANK', KEYS[1], member) or -1
 end
@@ -136,24 +184,67 @@ return {1, start, total,
 ",
 );
 
-/// Marks the set ready if the rebuild token in KEYS[2] is still ARGV[1].
+/// Marks the set ready, with the rebuild's token as its generation, if the
+/// rebuild token in KEYS[2] is still ARGV[1].
 static FINISH: Script = Script::new(
     r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[1], 1)
+redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ",
 );
 
-/// Removes one user (name key in ARGV[1]) from the set and both hashes.
+/// Removes one user (name key in ARGV[1]) from the set and both hashes, and
+/// logs the removal (ARGV[2]: log length).
 static REMOVE: Script = Script::new(
     r"
 local member = redis.call('HGET', KEYS[2], ARGV[1])
 if member then redis.call('ZREM', KEYS[1], member) end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+local removed = redis.call('HDEL', KEYS[2], ARGV[1]) + redis.call('HDEL', KEYS[3], ARGV[1])
+if removed > 0 then
+  local version = redis.call('INCR', KEYS[5])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], string.format('%d-0', version), 'k', ARGV[1])
+end
 return 1
+",
+);
+
+/// Where a copy stands against Redis. ARGV: the copy's generation, its log
+/// position, the first log id it lacks, and how many entries to return.
+/// {0} when not ready; {1, generation, version} when the generation is not
+/// the copy's; {2, version} when the copy is current; {2, version, entries}
+/// with the log entries after the copy's position otherwise.
+static SYNC: Script = Script::new(
+    r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return {0} end
+local version = redis.call('GET', KEYS[2]) or '0'
+if epoch ~= ARGV[1] then return {1, epoch, version} end
+if tonumber(version) <= tonumber(ARGV[2]) then return {2, version} end
+return {2, version, redis.call('XRANGE', KEYS[3], ARGV[3], '+', 'COUNT', ARGV[4])}
+",
+);
+
+/// One step of a scan of the whole board, for loading a copy: ARGV =
+/// {HSCAN cursor, count}; returns {next cursor, key, member, score, value, ...}.
+static SCAN: Script = Script::new(
+    r"
+local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields = reply[2]
+local out = {reply[1]}
+for i = 1, #fields, 2 do
+  local key, member = fields[i], fields[i + 1]
+  local score = redis.call('ZSCORE', KEYS[2], member)
+  local value = redis.call('HGET', KEYS[3], key)
+  if score and value then
+    out[#out + 1] = key
+    out[#out + 1] = member
+    out[#out + 1] = score
+    out[#out + 1] = value
+  end
+end
+return out
 ",
 );
 
@@ -195,11 +286,66 @@ struct Trust {
     rebuild: Notify,
 }
 
+/// What one sync found: the round it belongs to, and where Redis stood
+/// (generation, log position) if the copy covers it.
+#[derive(Debug, Clone, Default)]
+struct Synced {
+    round: u64,
+    current: Option<(Arc<str>, u64)>,
+}
+
+/// This process's copy of the board and what keeps it current.
+struct Copy {
+    board: RwLock<Option<Mirror>>,
+    /// Syncs begun so far; a read waits for one that begins after it.
+    begun: AtomicU64,
+    /// The latest finished sync. Its sender lives in the sync loop, so reads
+    /// stop waiting (and use Redis) once that loop is gone.
+    finished: watch::Receiver<Synced>,
+    finisher: Mutex<Option<watch::Sender<Synced>>>,
+    /// A read is waiting for a sync.
+    wanted: Notify,
+    /// The copy must be loaded again (new generation, gap in the log).
+    reload: Notify,
+    reloading: AtomicBool,
+}
+
+impl Copy {
+    fn new() -> Self {
+        let (finisher, finished) = watch::channel(Synced::default());
+        Self {
+            board: RwLock::new(None),
+            begun: AtomicU64::new(0),
+            finished,
+            finisher: Mutex::new(Some(finisher)),
+            wanted: Notify::new(),
+            reload: Notify::new(),
+            reloading: AtomicBool::new(false),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Mirror>> {
+        self.board.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Mirror>> {
+        self.board.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the load loop for a fresh copy, once until it has tried.
+    fn request_reload(&self) {
+        if !self.reloading.swap(true, Ordering::AcqRel) {
+            self.reload.notify_one();
+        }
+    }
+}
+
 /// The board cache. Cheap to clone; never trusted when Redis is disabled.
 #[derive(Clone)]
 pub struct BoardCache {
     redis: Option<Redis>,
     trust: Arc<Trust>,
+    copy: Arc<Copy>,
 }
 
 impl BoardCache {
@@ -213,6 +359,7 @@ impl BoardCache {
                 word: AtomicU64::new(0),
                 rebuild: Notify::new(),
             }),
+            copy: Arc::new(Copy::new()),
         };
         if let Some(client) = board.redis.as_ref().map(Redis::client) {
             let trust = Arc::clone(&board.trust);
@@ -260,9 +407,9 @@ impl BoardCache {
             }
             return None;
         };
-        let result: Result<Value, _> = UPDATE
-            .eval(client, keys(), entry_args(key.as_str(), stats, position))
-            .await;
+        let mut args = update_header(true);
+        args.extend(entry_args(key.as_str(), stats, position));
+        let result: Result<Value, _> = UPDATE.eval(client, keys(), args).await;
         match result.map(Value::into_array) {
             Ok(reply) => {
                 let ready = reply.first().and_then(Value::as_i64) == Some(1);
@@ -291,6 +438,15 @@ impl BoardCache {
         let Some(client) = self.trusted_client() else {
             return CachedStats::Unknown;
         };
+        if let Some(found) = self
+            .read_copy(Some(key), |copy| copy.stats(key.as_str()))
+            .await
+        {
+            return match found {
+                Some((stats, rank)) => CachedStats::Ranked(stats, rank),
+                None => CachedStats::Unranked,
+            };
+        }
         let reply = match self
             .eval_read(client, &STATS, keys(), vec![key.as_str().into()])
             .await
@@ -321,6 +477,9 @@ impl BoardCache {
     /// Up to `limit` entries from 0-based `offset`, when the set is trusted.
     pub async fn page(&self, offset: u64, limit: u64) -> Option<BoardPage> {
         let client = self.trusted_client()?;
+        if let Some(page) = self.read_copy(None, |copy| copy.page(offset, limit)).await {
+            return Some(page);
+        }
         let stop = offset.saturating_add(limit).saturating_sub(1);
         let args = vec![offset.to_string().into(), stop.to_string().into()];
         let reply = self
@@ -352,6 +511,15 @@ impl BoardCache {
         let Some(client) = self.trusted_client() else {
             return CachedWindow::Unknown;
         };
+        if let Some(found) = self
+            .read_copy(Some(key), |copy| copy.window(key.as_str(), size))
+            .await
+        {
+            return match found {
+                Some(page) => CachedWindow::Window(page),
+                None => CachedWindow::Unranked,
+            };
+        }
         let keys = vec![
             Key::from(SET_KEY),
             Key::from(MEMBERS_KEY),
@@ -391,7 +559,11 @@ impl BoardCache {
             return;
         };
         let result: Result<Value, _> = REMOVE
-            .eval(client, keys(), vec![Value::from(key.as_str())])
+            .eval(
+                client,
+                keys(),
+                vec![Value::from(key.as_str()), Value::from(LOG_LENGTH)],
+            )
             .await;
         if let Err(error) = result {
             self.warn("redis board removal failed", Some(&error));
@@ -412,6 +584,8 @@ impl BoardCache {
                 Key::from(SET_KEY),
                 Key::from(MEMBERS_KEY),
                 Key::from(STATS_KEY),
+                Key::from(VERSION_KEY),
+                Key::from(LOG_KEY),
             ])
             .await?;
         let _: () = client
@@ -426,11 +600,11 @@ impl BoardCache {
         rows: impl IntoIterator<Item = (&'a str, Stats, BoardPosition)>,
     ) -> Result<(), RedisError> {
         let client = self.require_client()?;
-        let mut args = Vec::new();
+        let mut args = update_header(false);
         for (key, stats, position) in rows {
             args.extend(entry_args(key, &stats, position));
         }
-        if args.is_empty() {
+        if args.len() == 2 {
             return Ok(());
         }
         let _: Value = UPDATE.eval(client, keys(), args).await?;
@@ -464,6 +638,265 @@ impl BoardCache {
                 Ordering::Acquire,
             )
             .is_ok())
+    }
+
+    /// Runs `read` on this process's copy if a sync that began after this
+    /// call shows the copy is current; `None` sends the caller to Redis.
+    /// `key` is the user the read is about, if any (for test failpoints).
+    async fn read_copy<R>(
+        &self,
+        key: Option<&NameKey>,
+        read: impl FnOnce(&Mirror) -> R,
+    ) -> Option<R> {
+        let copy = &self.copy;
+        if copy.read().is_none() {
+            return None;
+        }
+        #[cfg(feature = "failpoints")]
+        if let Some(key) = key
+            && crate::failpoint::is_unguarded(key.as_str())
+        {
+            // Tests show what a read without its sync would return.
+            let board = copy.read();
+            return board.as_ref().map(read);
+        }
+        #[cfg(not(feature = "failpoints"))]
+        let _ = key;
+        let round = copy.begun.load(Ordering::SeqCst) + 1;
+        let mut finished = copy.finished.clone();
+        copy.wanted.notify_one();
+        let (epoch, version) = finished
+            .wait_for(|synced| synced.round >= round)
+            .await
+            .ok()?
+            .current
+            .clone()?;
+        let answer = {
+            let board = copy.read();
+            let mirror = board.as_ref()?;
+            mirror.covers(&epoch, version).then(|| read(mirror))?
+        };
+        #[cfg(feature = "failpoints")]
+        if let Some(key) = key {
+            crate::failpoint::hit("board-copy-read", key.as_str()).await;
+        }
+        Some(answer)
+    }
+
+    /// Keeps this process's copy of the board loaded and current, for as
+    /// long as it runs; reads use Redis itself while it is not running.
+    pub async fn keep_copy(&self) {
+        let finisher = self
+            .copy
+            .finisher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(finisher) = finisher.filter(|_| self.is_enabled()) else {
+            return;
+        };
+        tokio::join!(self.sync_loop(finisher), self.load_loop());
+    }
+
+    /// Syncs whenever a read asks (one sync answers every read that arrived
+    /// before it began) and every [`IDLE_SYNC`] otherwise.
+    async fn sync_loop(&self, finisher: watch::Sender<Synced>) {
+        loop {
+            tokio::select! {
+                () = self.copy.wanted.notified() => {}
+                () = tokio::time::sleep(IDLE_SYNC) => {}
+            }
+            let round = self.copy.begun.fetch_add(1, Ordering::SeqCst) + 1;
+            let current = self.sync().await;
+            finisher.send_replace(Synced { round, current });
+        }
+    }
+
+    /// Brings the copy up to Redis's log; returns where Redis stood if the
+    /// copy now covers it.
+    async fn sync(&self) -> Option<(Arc<str>, u64)> {
+        // Quietly: the calls that fall back to Redis report its absence.
+        let client = self.redis.as_ref().map(Redis::client)?;
+        if !client.is_connected() {
+            return None;
+        }
+        for _ in 0..SYNC_CALLS {
+            let (epoch, applied) = self
+                .copy
+                .read()
+                .as_ref()
+                .map(|m| (Arc::clone(m.epoch()), m.applied()))
+                .unwrap_or_else(|| (Arc::from(""), 0));
+            let args = vec![
+                Value::from(&*epoch),
+                Value::from(applied.to_string()),
+                Value::from(format!("{}-0", applied.saturating_add(1))),
+                Value::from(SYNC_BATCH.to_string()),
+            ];
+            let keys = vec![
+                Key::from(READY_KEY),
+                Key::from(VERSION_KEY),
+                Key::from(LOG_KEY),
+            ];
+            let reply: Vec<Value> = match SYNC.eval::<Value, _, _>(client, keys, args).await {
+                Ok(reply) => reply.into_array(),
+                Err(error) => {
+                    self.warn("redis board sync failed; reading the set", Some(&error));
+                    return None;
+                }
+            };
+            match (
+                reply.first().and_then(Value::as_i64),
+                &reply[1.min(reply.len())..],
+            ) {
+                (Some(2), [version]) => {
+                    let version = as_u64(version)?;
+                    if version < applied {
+                        // The log went back within one generation: never
+                        // happens unless someone edited Redis; start over.
+                        self.copy.request_reload();
+                        return None;
+                    }
+                    return Some((epoch, version));
+                }
+                (Some(2), [version, log]) => {
+                    let version = as_u64(version)?;
+                    if !self.apply_log(&epoch, applied, log) {
+                        return None;
+                    }
+                    let covered = self.copy.read().as_ref().map(Mirror::applied);
+                    if covered >= Some(version) {
+                        return Some((epoch, version));
+                    }
+                }
+                // Another generation than the copy's: load it.
+                (Some(1), _) => {
+                    self.copy.request_reload();
+                    return None;
+                }
+                // Not ready (a rebuild is under way), or a reply we do not know.
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Applies log entries that follow `applied` to the copy of `epoch`.
+    /// `false` when they cannot be (the copy changed meanwhile, or the log
+    /// has a gap or an unreadable entry, which also asks for a reload).
+    fn apply_log(&self, epoch: &str, applied: u64, log: &Value) -> bool {
+        let mut board = self.copy.write();
+        let Some(mirror) = board.as_mut().filter(|m| m.covers(epoch, applied)) else {
+            return false;
+        };
+        if mirror.applied() != applied {
+            // Another sync got further meanwhile; the caller asks again.
+            return true;
+        }
+        let entries: &[Value] = match log {
+            Value::Array(entries) => entries,
+            _ => &[],
+        };
+        if entries.is_empty() {
+            // Behind, yet nothing after our position: trimmed away.
+            self.copy.request_reload();
+            return false;
+        }
+        let mut next = applied.saturating_add(1);
+        for entry in entries {
+            match log_entry(entry) {
+                Some((id, change)) if id == next => {
+                    match change {
+                        Change::Update(key, entry) => mirror.apply(&key, entry),
+                        Change::Remove(key) => mirror.remove(&key),
+                    }
+                    mirror.advance_to(id);
+                    next = next.saturating_add(1);
+                }
+                _ => {
+                    drop(board);
+                    self.warn("board log has a gap; loading the board again", None);
+                    self.copy.request_reload();
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Loads a fresh copy whenever a sync asks for one.
+    async fn load_loop(&self) {
+        loop {
+            self.copy.reload.notified().await;
+            match self.load_copy().await {
+                Ok(Some(mirror)) => {
+                    tracing::debug!(users = mirror.len(), "board copy loaded");
+                    *self.copy.write() = Some(mirror);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "loading the board copy failed"),
+            }
+            // The next sync asks again if this did not do.
+            self.copy.reloading.store(false, Ordering::Release);
+        }
+    }
+
+    /// Notes the generation and log position, then scans the whole set:
+    /// changes made during the scan are after that position, so the syncs
+    /// that follow apply them (the merge rules make applying twice
+    /// harmless). `None` while the set is not ready.
+    async fn load_copy(&self) -> Result<Option<Mirror>, RedisError> {
+        let client = self.require_client()?;
+        let keys = vec![
+            Key::from(READY_KEY),
+            Key::from(VERSION_KEY),
+            Key::from(LOG_KEY),
+        ];
+        // An empty generation never matches: the reply says where Redis is.
+        let args = vec![Value::from(""), Value::from("0"), Value::from("1-0")];
+        let reply: Value = SYNC.eval(client, keys, args).await?;
+        let (epoch, version) = match reply.into_array().as_slice() {
+            [_, epoch, version] => match (epoch.as_bytes_str(), as_u64(version)) {
+                (Some(epoch), Some(version)) => (Arc::<str>::from(&*epoch), version),
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let mut mirror = Mirror::new(epoch, version);
+        let mut cursor = String::from("0");
+        loop {
+            let keys = vec![
+                Key::from(MEMBERS_KEY),
+                Key::from(SET_KEY),
+                Key::from(STATS_KEY),
+            ];
+            let args = vec![
+                Value::from(cursor.as_str()),
+                Value::from(SCAN_BATCH.to_string()),
+            ];
+            let reply: Value = SCAN.eval(client, keys, args).await?;
+            let mut items = reply.into_array().into_iter();
+            cursor = items
+                .next()
+                .and_then(|c| c.as_bytes_str().map(|c| c.to_string()))
+                .unwrap_or_default();
+            let items: Vec<Value> = items.collect();
+            for item in items.chunks_exact(4) {
+                let parsed = item[0]
+                    .as_bytes_str()
+                    .zip(board_entry(&item[1], &item[2], &item[3]));
+                match parsed {
+                    Some((key, entry)) => mirror.apply(&key, entry),
+                    None => {
+                        self.warn("unreadable board entry; copy not loaded", None);
+                        return Ok(None);
+                    }
+                }
+            }
+            if cursor == "0" || cursor.is_empty() {
+                return Ok(Some(mirror));
+            }
+        }
     }
 
     fn connected(&self) -> Option<&fred::clients::Client> {
@@ -538,6 +971,16 @@ fn keys() -> Vec<Key> {
         Key::from(MEMBERS_KEY),
         Key::from(STATS_KEY),
         Key::from(READY_KEY),
+        Key::from(VERSION_KEY),
+        Key::from(LOG_KEY),
+    ]
+}
+
+/// UPDATE's first two arguments: whether to log, and the log's length.
+fn update_header(log: bool) -> Vec<Value> {
+    vec![
+        Value::from(if log { "1" } else { "0" }),
+        Value::from(LOG_LENGTH),
     ]
 }
 
@@ -558,6 +1001,77 @@ fn entry_args(key: &str, stats: &Stats, position: BoardPosition) -> Vec<Value> {
     ]
 }
 
+/// One change from the board's log.
+enum Change {
+    Update(String, Entry),
+    Remove(String),
+}
+
+/// A log entry `[id, [field, value, ...]]` as its change number and change.
+fn log_entry(entry: &Value) -> Option<(u64, Change)> {
+    let Value::Array(entry) = entry else {
+        return None;
+    };
+    let [id, Value::Array(fields)] = entry.as_slice() else {
+        return None;
+    };
+    let id: u64 = id.as_bytes_str()?.strip_suffix("-0")?.parse().ok()?;
+    let field = |name: &str| {
+        fields
+            .chunks_exact(2)
+            .find(|pair| pair[0].as_bytes_str().as_deref() == Some(name))
+            .map(|pair| &pair[1])
+    };
+    let key = field("k")?.as_bytes_str()?.to_string();
+    let change = match (field("m"), field("s"), field("v")) {
+        (Some(member), Some(score), Some(value)) => {
+            Change::Update(key, board_entry(member, score, value)?)
+        }
+        (None, None, None) => Change::Remove(key),
+        _ => return None,
+    };
+    Some((id, change))
+}
+
+/// A board entry from its member, score and stats value in Redis.
+fn board_entry(member: &Value, score: &Value, value: &Value) -> Option<Entry> {
+    let member = member.as_bytes_str()?;
+    let (seq, user_id, name) = parse_member(&member)?;
+    Some(Entry {
+        position: BoardPosition {
+            score: parse_score(&score.as_bytes_str()?)?,
+            seq,
+        },
+        user_id,
+        name: name.to_owned(),
+        stats: decode_stats(value.as_bytes()?)?,
+    })
+}
+
+/// A member's sequence number, user id and name (see [`member`]).
+fn parse_member(member: &str) -> Option<(i64, Uuid, &str)> {
+    let inverted: i64 = member.get(..SEQ_DIGITS)?.parse().ok()?;
+    let id = Uuid::parse_str(member.get(SEQ_DIGITS..SEQ_DIGITS + UUID_CHARS)?).ok()?;
+    let name = member.get(SEQ_DIGITS + UUID_CHARS..)?;
+    Some((MAX_SEQ - inverted, id, name))
+}
+
+/// A Redis score as the integer it holds. Scores are integers up to
+/// 2^53 - 1, exact in a double; Redis may write a large one in exponent form.
+fn parse_score(score: &str) -> Option<i64> {
+    if let Ok(score) = score.parse() {
+        return Some(score);
+    }
+    let score: f64 = score.parse().ok()?;
+    let exact = score.fract() == 0.0 && (0.0..=MAX_SEQ as f64).contains(&score);
+    #[allow(clippy::cast_possible_truncation)]
+    exact.then_some(score as i64)
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    value.as_bytes_str()?.parse().ok()
+}
+
 fn decode_stats(value: &[u8]) -> Option<Stats> {
     let blob = value.get(20..)?;
     stats_from_wire(pb::UserStats::decode(blob).ok()?)
@@ -575,15 +1089,12 @@ fn page_of(offset: u64, total: u64, range: &Value) -> Option<BoardPage> {
     while let Some(member) = fields.next() {
         let score = fields.next()?;
         rank += 1;
-        let id = member.get(SEQ_DIGITS..SEQ_DIGITS + UUID_CHARS)?;
-        let name = member.get(SEQ_DIGITS + UUID_CHARS..)?;
+        let (_, user_id, name) = parse_member(member)?;
         entries.push(BoardEntry {
             rank,
-            user_id: Uuid::parse_str(id).ok()?,
+            user_id,
             name: name.to_owned(),
-            // Scores are integers up to 2^53 - 1, exact in a double, and
-            // Redis writes them without a fraction.
-            score: score.parse().ok()?,
+            score: parse_score(score)?,
         });
     }
     Some(BoardPage { entries, total })
