@@ -207,6 +207,18 @@ impl TestApp {
             .map(|response| response.into_inner().user.unwrap())
     }
 
+    /// Starts another Roster on this one's database and Redis, as a second
+    /// replica behind a load balancer would run. The replica owns neither.
+    pub async fn spawn_replica(&self) -> TestApp {
+        let config = test_config(&self.db_path(), &self.redis.url());
+        let borrowed = RedisServer {
+            port: self.redis.port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        spawn_with(config, tempfile::tempdir().unwrap(), borrowed).await
+    }
+
     /// Opens the test's SQLite file directly, as another process would.
     pub async fn database(&self) -> sea_orm::DatabaseConnection {
         sea_orm::Database::connect(format!("sqlite://{}", self.db_path().display()))

@@ -17,15 +17,15 @@ use tonic::{Code, transport::Channel};
 
 use crate::helpers::{TestApp, eventually, reason, spawn_app, violations};
 
-const SET_KEY: &str = "roster:v1:board:{lb}:set";
-const READY_KEY: &str = "roster:v1:board:{lb}:ready";
+pub(crate) const SET_KEY: &str = "roster:v1:board:{lb}:set";
+pub(crate) const READY_KEY: &str = "roster:v1:board:{lb}:ready";
 const MAX_SCORE: i64 = (1 << 53) - 1;
 
-fn client(app: &TestApp) -> LeaderboardServiceClient<Channel> {
+pub(crate) fn client(app: &TestApp) -> LeaderboardServiceClient<Channel> {
     LeaderboardServiceClient::new(app.channel.clone())
 }
 
-async fn record(
+pub(crate) async fn record(
     app: &TestApp,
     name: &str,
     outcome: GameOutcome,
@@ -43,20 +43,20 @@ async fn record(
         .map(|r| r.into_inner().stats.unwrap())
 }
 
-async fn win(app: &TestApp, name: &str, score: i64) -> pb::UserStats {
+pub(crate) async fn win(app: &TestApp, name: &str, score: i64) -> pb::UserStats {
     record(app, name, GameOutcome::Win, score, "")
         .await
         .unwrap()
 }
 
-async fn stats(app: &TestApp, name: &str) -> Result<pb::UserStats, tonic::Status> {
+pub(crate) async fn stats(app: &TestApp, name: &str) -> Result<pb::UserStats, tonic::Status> {
     client(app)
         .get_user_stats(pb::GetUserStatsRequest { name: name.into() })
         .await
         .map(|r| r.into_inner().stats.unwrap())
 }
 
-async fn list(
+pub(crate) async fn list(
     app: &TestApp,
     page_size: i32,
     page_token: &str,
@@ -71,7 +71,10 @@ async fn list(
 }
 
 /// Every page of the board with `page_size`, and the total_size of each page.
-async fn all_pages(app: &TestApp, page_size: i32) -> (Vec<Vec<pb::LeaderboardEntry>>, Vec<i64>) {
+pub(crate) async fn all_pages(
+    app: &TestApp,
+    page_size: i32,
+) -> (Vec<Vec<pb::LeaderboardEntry>>, Vec<i64>) {
     let (mut pages, mut totals, mut token) = (Vec::new(), Vec::new(), String::new());
     loop {
         let page = list(app, page_size, &token).await.unwrap();
@@ -84,7 +87,7 @@ async fn all_pages(app: &TestApp, page_size: i32) -> (Vec<Vec<pb::LeaderboardEnt
     }
 }
 
-async fn around(
+pub(crate) async fn around(
     app: &TestApp,
     name: &str,
     page_size: i32,
@@ -98,16 +101,16 @@ async fn around(
         .map(|r| r.into_inner().entries)
 }
 
-fn names(entries: &[pb::LeaderboardEntry]) -> Vec<&str> {
+pub(crate) fn names(entries: &[pb::LeaderboardEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.name.as_str()).collect()
 }
 
-fn ranks(entries: &[pb::LeaderboardEntry]) -> Vec<i64> {
+pub(crate) fn ranks(entries: &[pb::LeaderboardEntry]) -> Vec<i64> {
     entries.iter().map(|e| e.rank).collect()
 }
 
 /// Waits until this Roster has rebuilt the board in Redis and trusts it.
-async fn wait_for_redis_board(app: &TestApp, ranked: i64) {
+pub(crate) async fn wait_for_redis_board(app: &TestApp, ranked: i64) {
     let redis = app.redis.client().await;
     let ready = eventually(Duration::from_secs(15), || async {
         let exists: i64 = redis.exists(READY_KEY).await.unwrap_or(0);
@@ -120,7 +123,7 @@ async fn wait_for_redis_board(app: &TestApp, ranked: i64) {
 }
 
 /// Creates users named `names` and gives each the given best score, in order.
-async fn board_of(app: &TestApp, players: &[(&str, i64)]) {
+pub(crate) async fn board_of(app: &TestApp, players: &[(&str, i64)]) {
     for (name, _) in players {
         app.create_user(name).await;
     }
