@@ -76,7 +76,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         let (size, offset) = fields.finish(size.zip(offset))?;
         let result = self.leaderboard.page(size, offset).await?;
         Ok(Response::new(pb::ListLeaderboardResponse {
-            entries: result.page.entries.iter().map(Into::into).collect(),
+            entries: result.page.entries.into_iter().map(Into::into).collect(),
             next_page_token: result.next.map(|t| t.encode()).unwrap_or_default(),
             total_size: i64::try_from(result.page.total).unwrap_or(i64::MAX),
         }))
@@ -93,7 +93,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         let (name, size) = fields.finish(name.zip(size))?;
         let entries = self.leaderboard.around(name, size).await?;
         Ok(Response::new(pb::ListLeaderboardAroundUserResponse {
-            entries: entries.iter().map(Into::into).collect(),
+            entries: entries.into_iter().map(Into::into).collect(),
         }))
     }
 }

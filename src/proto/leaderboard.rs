@@ -40,12 +40,12 @@ pub fn stats_from_wire(stats: pb::UserStats) -> Option<Stats> {
     })
 }
 
-impl From<&BoardEntry> for pb::LeaderboardEntry {
-    fn from(entry: &BoardEntry) -> Self {
+impl From<BoardEntry> for pb::LeaderboardEntry {
+    fn from(entry: BoardEntry) -> Self {
         Self {
             rank: i64::try_from(entry.rank).unwrap_or(i64::MAX),
             user_id: entry.user_id.to_string(),
-            name: entry.name.clone(),
+            name: entry.name,
             score: entry.score,
         }
     }
