@@ -303,8 +303,10 @@ struct Copy {
     /// stop waiting (and use Redis) once that loop is gone.
     finished: watch::Receiver<Synced>,
     finisher: Mutex<Option<watch::Sender<Synced>>>,
-    /// A read is waiting for a sync.
+    /// A read is waiting for a sync: the flag says whether the sync loop was
+    /// already told, so a batch of reads wakes it once.
     wanted: Notify,
+    wanted_flag: AtomicBool,
     /// The copy must be loaded again (new generation, gap in the log).
     reload: Notify,
     reloading: AtomicBool,
@@ -319,6 +321,7 @@ impl Copy {
             finished,
             finisher: Mutex::new(Some(finisher)),
             wanted: Notify::new(),
+            wanted_flag: AtomicBool::new(false),
             reload: Notify::new(),
             reloading: AtomicBool::new(false),
         }
@@ -384,6 +387,12 @@ impl BoardCache {
     /// Stops trusting the set and asks for a rebuild.
     pub fn distrust(&self) {
         withdraw(&self.trust);
+    }
+
+    /// How many ranked users this process's copy of the board holds, once
+    /// one is loaded (whether it is current is checked on every read).
+    pub fn copy_len(&self) -> Option<u64> {
+        self.copy.read().as_ref().map(Mirror::len)
     }
 
     /// Waits until a rebuild is asked for.
@@ -664,7 +673,9 @@ impl BoardCache {
         let _ = key;
         let round = copy.begun.load(Ordering::SeqCst) + 1;
         let mut finished = copy.finished.clone();
-        copy.wanted.notify_one();
+        if !copy.wanted_flag.swap(true, Ordering::SeqCst) {
+            copy.wanted.notify_one();
+        }
         let (epoch, version) = finished
             .wait_for(|synced| synced.round >= round)
             .await
@@ -706,6 +717,12 @@ impl BoardCache {
                 () = self.copy.wanted.notified() => {}
                 () = tokio::time::sleep(IDLE_SYNC) => {}
             }
+            // Let the reads that are ready to run reach their wait first, so
+            // that this sync answers as many of them as it can.
+            tokio::task::yield_now().await;
+            // Cleared before the round begins: a read that sets it again
+            // needs the next round, and its notification asks for it.
+            self.copy.wanted_flag.store(false, Ordering::SeqCst);
             let round = self.copy.begun.fetch_add(1, Ordering::SeqCst) + 1;
             let current = self.sync().await;
             finisher.send_replace(Synced { round, current });
@@ -720,13 +737,30 @@ impl BoardCache {
         if !client.is_connected() {
             return None;
         }
+        // The common case, the copy already current, costs one MGET: the
+        // generation and log position are read together, and a rebuild
+        // deletes both at once, so a matching generation means the version
+        // is that generation's. Anything else goes through the script.
+        let (epoch, applied) = self.copy_position()?;
+        let keys = vec![Key::from(READY_KEY), Key::from(VERSION_KEY)];
+        match Box::pin(client.mget::<Vec<Option<String>>, _>(keys)).await {
+            Ok(found) => {
+                if let [Some(current), version] = found.as_slice()
+                    && **current == *epoch
+                {
+                    let version = version.as_deref().unwrap_or("0").parse().ok();
+                    if let Some(version) = version.filter(|&v| v == applied) {
+                        return Some((epoch, version));
+                    }
+                }
+            }
+            Err(error) => {
+                self.warn("redis board sync failed; reading the set", Some(&error));
+                return None;
+            }
+        }
         for _ in 0..SYNC_CALLS {
-            let (epoch, applied) = self
-                .copy
-                .read()
-                .as_ref()
-                .map(|m| (Arc::clone(m.epoch()), m.applied()))
-                .unwrap_or_else(|| (Arc::from(""), 0));
+            let (epoch, applied) = self.copy_position()?;
             let args = vec![
                 Value::from(&*epoch),
                 Value::from(applied.to_string()),
@@ -781,6 +815,20 @@ impl BoardCache {
         None
     }
 
+    /// The copy's generation and log position; `None` (after asking for a
+    /// load) when there is no copy.
+    fn copy_position(&self) -> Option<(Arc<str>, u64)> {
+        let position = self
+            .copy
+            .read()
+            .as_ref()
+            .map(|m| (Arc::clone(m.epoch()), m.applied()));
+        if position.is_none() {
+            self.copy.request_reload();
+        }
+        position
+    }
+
     /// Applies log entries that follow `applied` to the copy of `epoch`.
     /// `false` when they cannot be (the copy changed meanwhile, or the log
     /// has a gap or an unreadable entry, which also asks for a reload).
@@ -828,9 +876,14 @@ impl BoardCache {
     async fn load_loop(&self) {
         loop {
             self.copy.reload.notified().await;
+            let began = std::time::Instant::now();
             match self.load_copy().await {
                 Ok(Some(mirror)) => {
-                    tracing::debug!(users = mirror.len(), "board copy loaded");
+                    tracing::info!(
+                        users = mirror.len(),
+                        took = ?began.elapsed(),
+                        "board copy loaded; board reads use it"
+                    );
                     *self.copy.write() = Some(mirror);
                 }
                 Ok(None) => {}
