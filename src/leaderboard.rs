@@ -61,6 +61,11 @@ impl Leaderboard {
         }
     }
 
+    /// The board cache these use cases read through.
+    pub fn board(&self) -> &BoardCache {
+        &self.board
+    }
+
     /// Adds one game to the user's stats (one transaction), then applies it
     /// to Redis before answering, so every later read reflects it. A retry
     /// with a known `request_id` replays the first call's stats.

@@ -88,6 +88,12 @@ impl Application {
         })
     }
 
+    /// The board cache, to watch its state from outside (the benchmark
+    /// waits for the board copy before measuring).
+    pub fn board(&self) -> BoardCache {
+        self.leaderboard.board().clone()
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TcpListener always knows its address.

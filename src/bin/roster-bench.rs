@@ -101,6 +101,47 @@ struct Report {
     errors: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// What Redis did meanwhile: commands received, CPU seconds used.
+    redis: RedisUse,
+}
+
+/// Redis's own counters (`INFO stats`, `INFO cpu`), to tell per call how
+/// often the server went to Redis and what that cost Redis.
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisUse {
+    commands: f64,
+    cpu_seconds: f64,
+}
+
+impl RedisUse {
+    async fn read(redis: &fred::clients::Client) -> Self {
+        let info: String = redis.info(None).await.unwrap();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            commands: field("total_commands_processed"),
+            cpu_seconds: field("used_cpu_user") + field("used_cpu_sys"),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            // The INFO call that took `self` is not the server's.
+            commands: self.commands - before.commands - 1.0,
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+        }
+    }
+}
+
+/// What every scenario runs against.
+struct Rig<'a> {
+    args: &'a Args,
+    channels: Vec<Channel>,
+    redis: fred::clients::Client,
 }
 
 impl Report {
@@ -109,12 +150,16 @@ impl Report {
     }
 
     fn print(&self) {
+        let calls = self.ok.max(1) as f64;
         println!(
-            "{:<22} {:>10.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  ({} ok, {} errors)",
+            "{:<22} {:>10.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  \
+             redis {:>5.2} cmd {:>5.1} us/call  ({} ok, {} errors)",
             self.name,
             self.rate(),
             self.latency.value_at_quantile(0.50) as f64 / 1000.0,
             self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            self.redis.commands / calls,
+            self.redis.cpu_seconds * 1e6 / calls,
             self.ok,
             self.errors,
         );
@@ -125,22 +170,23 @@ impl Report {
 /// `call` returns `None` when it has no more work.
 /// `None` when `--only` leaves the scenario out.
 async fn load<F, Fut>(
-    args: &Args,
+    rig: &Rig<'_>,
     name: &'static str,
     concurrency: usize,
-    channels: &[Channel],
     call: F,
 ) -> Option<Report>
 where
     F: Fn(Channel) -> Option<Fut> + Clone + Send + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
-    if !args.runs(name) {
+    if !rig.args.runs(name) {
         return None;
     }
-    let duration = args.duration;
+    let duration = rig.args.duration;
+    let channels = &rig.channels;
     // Progress on stderr (unbuffered), so a profiler can be aimed at one scenario.
     eprintln!("running {name} ...");
+    let redis_before = RedisUse::read(&rig.redis).await;
     let start = Instant::now();
     let stop = start + duration;
     let tasks: Vec<_> = (0..concurrency)
@@ -173,6 +219,7 @@ where
         errors: 0,
         elapsed: Duration::ZERO,
         latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        redis: RedisUse::default(),
     };
     for task in tasks {
         let (ok, errors, latency) = task.await.unwrap();
@@ -181,6 +228,7 @@ where
         report.latency.add(latency).unwrap();
     }
     report.elapsed = start.elapsed();
+    report.redis = RedisUse::read(&rig.redis).await.since(redis_before);
     Some(report)
 }
 
@@ -414,6 +462,7 @@ fn main() {
         .block_on(Application::build(config))
         .expect("roster starts");
     let addr = app.local_addr();
+    let board = app.board();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = server_runtime.spawn(app.run_until(async {
         stopped.await.ok();
@@ -442,10 +491,23 @@ fn main() {
             args.users,
             began.elapsed().as_secs_f64()
         );
+        // Then the server's own copy of it, loaded from Redis.
+        while board.copy_len() != Some(args.users as u64) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "board copy loaded in the server {:.2} s after start",
+            began.elapsed().as_secs_f64()
+        );
 
+        let rig = Rig {
+            args: &args,
+            channels,
+            redis,
+        };
         let mut reports = Vec::new();
         reports.extend(
-            load(&args, "Health/Check", args.concurrency, &channels, |ch| {
+            load(&rig, "Health/Check", args.concurrency, |ch| {
                 Some(async move {
                     HealthClient::new(ch)
                         .check(HealthCheckRequest {
@@ -462,21 +524,15 @@ fn main() {
         let next = Arc::new(AtomicUsize::new(0));
         let total = args.users;
         let cursor = Arc::clone(&next);
-        let miss = load(
-            &args,
-            "GetUser (cache miss)",
-            args.concurrency,
-            &channels,
-            move |ch| {
-                let i = cursor.fetch_add(1, Ordering::Relaxed);
-                (i < total).then_some(async move {
-                    UserServiceClient::new(ch)
-                        .get_user(pb::GetUserRequest { name: name_of(i) })
-                        .await
-                        .map(drop)
-                })
-            },
-        )
+        let miss = load(&rig, "GetUser (cache miss)", args.concurrency, move |ch| {
+            let i = cursor.fetch_add(1, Ordering::Relaxed);
+            (i < total).then_some(async move {
+                UserServiceClient::new(ch)
+                    .get_user(pb::GetUserRequest { name: name_of(i) })
+                    .await
+                    .map(drop)
+            })
+        })
         .await;
         let read = next.load(Ordering::Relaxed).min(total).max(1);
         reports.extend(miss);
@@ -484,42 +540,30 @@ fn main() {
         // Hits: the users just read are all in Redis now.
         let cursor = Arc::new(AtomicUsize::new(0));
         reports.extend(
-            load(
-                &args,
-                "GetUser (cache hit)",
-                args.concurrency,
-                &channels,
-                move |ch| {
-                    let i = cursor.fetch_add(1, Ordering::Relaxed) % read;
-                    Some(async move {
-                        UserServiceClient::new(ch)
-                            .get_user(pb::GetUserRequest { name: name_of(i) })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "GetUser (cache hit)", args.concurrency, move |ch| {
+                let i = cursor.fetch_add(1, Ordering::Relaxed) % read;
+                Some(async move {
+                    UserServiceClient::new(ch)
+                        .get_user(pb::GetUserRequest { name: name_of(i) })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
 
         reports.extend(
-            load(
-                &args,
-                "ListLeaderboard top",
-                args.concurrency,
-                &channels,
-                |ch| {
-                    Some(async move {
-                        LeaderboardServiceClient::new(ch)
-                            .list_leaderboard(pb::ListLeaderboardRequest {
-                                page_size: 10,
-                                page_token: String::new(),
-                            })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "ListLeaderboard top", args.concurrency, |ch| {
+                Some(async move {
+                    LeaderboardServiceClient::new(ch)
+                        .list_leaderboard(pb::ListLeaderboardRequest {
+                            page_size: 10,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
         let deep = PageToken::new(
@@ -528,117 +572,87 @@ fn main() {
         );
         let deep = deep.encode();
         reports.extend(
-            load(
-                &args,
-                "ListLeaderboard deep",
-                args.concurrency,
-                &channels,
-                move |ch| {
-                    let page_token = deep.clone();
-                    Some(async move {
-                        let page = LeaderboardServiceClient::new(ch)
-                            .list_leaderboard(pb::ListLeaderboardRequest {
-                                page_size: 10,
-                                page_token,
-                            })
-                            .await?;
-                        assert_eq!(page.into_inner().entries.len(), 10);
-                        Ok(())
-                    })
-                },
-            )
+            load(&rig, "ListLeaderboard deep", args.concurrency, move |ch| {
+                let page_token = deep.clone();
+                Some(async move {
+                    let page = LeaderboardServiceClient::new(ch)
+                        .list_leaderboard(pb::ListLeaderboardRequest {
+                            page_size: 10,
+                            page_token,
+                        })
+                        .await?;
+                    assert_eq!(page.into_inner().entries.len(), 10);
+                    Ok(())
+                })
+            })
             .await,
         );
         let next_user = spread_over_users(total);
         reports.extend(
-            load(
-                &args,
-                "AroundUser",
-                args.concurrency,
-                &channels,
-                move |ch| {
-                    let name = next_user();
-                    Some(async move {
-                        LeaderboardServiceClient::new(ch)
-                            .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
-                                name,
-                                page_size: 11,
-                            })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "AroundUser", args.concurrency, move |ch| {
+                let name = next_user();
+                Some(async move {
+                    LeaderboardServiceClient::new(ch)
+                        .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
+                            name,
+                            page_size: 11,
+                        })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
         let next_user = spread_over_users(total);
         reports.extend(
-            load(
-                &args,
-                "GetUserStats",
-                args.concurrency,
-                &channels,
-                move |ch| {
-                    let name = next_user();
-                    Some(async move {
-                        LeaderboardServiceClient::new(ch)
-                            .get_user_stats(pb::GetUserStatsRequest { name })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "GetUserStats", args.concurrency, move |ch| {
+                let name = next_user();
+                Some(async move {
+                    LeaderboardServiceClient::new(ch)
+                        .get_user_stats(pb::GetUserStatsRequest { name })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
         let cursor = Arc::new(AtomicUsize::new(0));
         reports.extend(
-            load(
-                &args,
-                "RecordGame",
-                args.record_concurrency,
-                &channels,
-                move |ch| {
-                    let n = cursor.fetch_add(1, Ordering::Relaxed);
-                    let i = n.wrapping_mul(7_919) % total;
-                    Some(async move {
-                        LeaderboardServiceClient::new(ch)
-                            .record_game(pb::RecordGameRequest {
-                                name: name_of(i),
-                                outcome: pb::GameOutcome::Win.into(),
-                                score: (n % 60_000) as i64,
-                                request_id: format!("bench-{n}"),
-                            })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "RecordGame", args.record_concurrency, move |ch| {
+                let n = cursor.fetch_add(1, Ordering::Relaxed);
+                let i = n.wrapping_mul(7_919) % total;
+                Some(async move {
+                    LeaderboardServiceClient::new(ch)
+                        .record_game(pb::RecordGameRequest {
+                            name: name_of(i),
+                            outcome: pb::GameOutcome::Win.into(),
+                            score: (n % 60_000) as i64,
+                            request_id: format!("bench-{n}"),
+                        })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
 
         let cursor = Arc::new(AtomicUsize::new(total));
         reports.extend(
-            load(
-                &args,
-                "CreateUser",
-                args.create_concurrency,
-                &channels,
-                move |ch| {
-                    let i = cursor.fetch_add(1, Ordering::Relaxed);
-                    Some(async move {
-                        UserServiceClient::new(ch)
-                            .create_user(pb::CreateUserRequest {
-                                name: name_of(i),
-                                password: "correct horse battery staple".into(),
-                            })
-                            .await
-                            .map(drop)
-                    })
-                },
-            )
+            load(&rig, "CreateUser", args.create_concurrency, move |ch| {
+                let i = cursor.fetch_add(1, Ordering::Relaxed);
+                Some(async move {
+                    UserServiceClient::new(ch)
+                        .create_user(pb::CreateUserRequest {
+                            name: name_of(i),
+                            password: "correct horse battery staple".into(),
+                        })
+                        .await
+                        .map(drop)
+                })
+            })
             .await,
         );
-        redis.quit().await.ok();
+        rig.redis.quit().await.ok();
         reports
     });
 
