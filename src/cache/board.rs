@@ -53,7 +53,7 @@ mod mirror;
 
 use std::{
     sync::{
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, OnceLock, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -64,7 +64,7 @@ use fred::{
     types::{Key, Value},
 };
 use prost::{Message, bytes::Bytes};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::mirror::{Entry, Mirror};
@@ -286,23 +286,50 @@ struct Trust {
     rebuild: Notify,
 }
 
-/// What one sync found: the round it belongs to, and where Redis stood
-/// (generation, log position) if the copy covers it.
-#[derive(Debug, Clone, Default)]
-struct Synced {
-    round: u64,
-    current: Option<(Arc<str>, u64)>,
+/// One sync of the copy with Redis, and the reads that wait for it.
+#[derive(Default)]
+struct Round {
+    /// Where Redis stood (generation, log position) if the copy covers it;
+    /// set once the sync is over (`None` inside when it failed).
+    found: OnceLock<Option<(Arc<str>, u64)>>,
+    done: Notify,
+}
+
+impl Round {
+    fn finish(&self, found: Option<(Arc<str>, u64)>) {
+        // Set only once: a round finished by its sync keeps its answer.
+        let _ = self.found.set(found);
+        self.done.notify_waiters();
+    }
+}
+
+/// Finishes a round (with nothing found) if its sync is dropped midway, so
+/// no read waits for it forever.
+struct Finishing(Arc<Round>);
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.finish(None);
+    }
+}
+
+/// Finishes the next round (with nothing found) when the sync loop stops:
+/// reads that join it from then on go to Redis at once.
+struct Closing<'a>(&'a Copy);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.next_round().finish(None);
+    }
 }
 
 /// This process's copy of the board and what keeps it current.
 struct Copy {
     board: RwLock<Option<Mirror>>,
-    /// Syncs begun so far; a read waits for one that begins after it.
-    begun: AtomicU64,
-    /// The latest finished sync. Its sender lives in the sync loop, so reads
-    /// stop waiting (and use Redis) once that loop is gone.
-    finished: watch::Receiver<Synced>,
-    finisher: Mutex<Option<watch::Sender<Synced>>>,
+    /// The round that begins next. A read joins it, so the sync that
+    /// answers the read begins after the read arrived; each round's reads
+    /// are woken once, when it is over.
+    next: Mutex<Arc<Round>>,
     /// A read is waiting for a sync: the flag says whether the sync loop was
     /// already told, so a batch of reads wakes it once.
     wanted: Notify,
@@ -314,17 +341,18 @@ struct Copy {
 
 impl Copy {
     fn new() -> Self {
-        let (finisher, finished) = watch::channel(Synced::default());
         Self {
             board: RwLock::new(None),
-            begun: AtomicU64::new(0),
-            finished,
-            finisher: Mutex::new(Some(finisher)),
+            next: Mutex::new(Arc::default()),
             wanted: Notify::new(),
             wanted_flag: AtomicBool::new(false),
             reload: Notify::new(),
             reloading: AtomicBool::new(false),
         }
+    }
+
+    fn next_round(&self) -> std::sync::MutexGuard<'_, Arc<Round>> {
+        self.next.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Mirror>> {
@@ -671,17 +699,18 @@ impl BoardCache {
         }
         #[cfg(not(feature = "failpoints"))]
         let _ = key;
-        let round = copy.begun.load(Ordering::SeqCst) + 1;
-        let mut finished = copy.finished.clone();
+        let round = Arc::clone(&copy.next_round());
         if !copy.wanted_flag.swap(true, Ordering::SeqCst) {
             copy.wanted.notify_one();
         }
-        let (epoch, version) = finished
-            .wait_for(|synced| synced.round >= round)
-            .await
-            .ok()?
-            .current
-            .clone()?;
+        let done = round.done.notified();
+        tokio::pin!(done);
+        // Registered before looking, so the wake-up cannot be missed.
+        done.as_mut().enable();
+        if round.found.get().is_none() {
+            done.await;
+        }
+        let (epoch, version) = round.found.get()?.clone()?;
         let answer = {
             let board = copy.read();
             let mirror = board.as_ref()?;
@@ -697,35 +726,30 @@ impl BoardCache {
     /// Keeps this process's copy of the board loaded and current, for as
     /// long as it runs; reads use Redis itself while it is not running.
     pub async fn keep_copy(&self) {
-        let finisher = self
-            .copy
-            .finisher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(finisher) = finisher.filter(|_| self.is_enabled()) else {
-            return;
-        };
-        tokio::join!(self.sync_loop(finisher), self.load_loop());
+        if self.is_enabled() {
+            tokio::join!(self.sync_loop(), self.load_loop());
+        }
     }
 
-    /// Syncs whenever a read asks (one sync answers every read that arrived
-    /// before it began) and every [`IDLE_SYNC`] otherwise.
-    async fn sync_loop(&self, finisher: watch::Sender<Synced>) {
+    /// Syncs whenever a read asks (one sync answers every read that joined
+    /// its round) and every [`IDLE_SYNC`] otherwise.
+    async fn sync_loop(&self) {
+        let _closing = Closing(&self.copy);
         loop {
             tokio::select! {
                 () = self.copy.wanted.notified() => {}
                 () = tokio::time::sleep(IDLE_SYNC) => {}
             }
-            // Let the reads that are ready to run reach their wait first, so
+            // Let the reads that are ready to run join the round first, so
             // that this sync answers as many of them as it can.
             tokio::task::yield_now().await;
             // Cleared before the round begins: a read that sets it again
-            // needs the next round, and its notification asks for it.
+            // joins the next round, and its notification asks for it.
             self.copy.wanted_flag.store(false, Ordering::SeqCst);
-            let round = self.copy.begun.fetch_add(1, Ordering::SeqCst) + 1;
-            let current = self.sync().await;
-            finisher.send_replace(Synced { round, current });
+            let round = std::mem::take(&mut *self.copy.next_round());
+            let finishing = Finishing(round);
+            let found = self.sync().await;
+            finishing.0.finish(found);
         }
     }
 
