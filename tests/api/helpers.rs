@@ -101,6 +101,8 @@ pub struct TestApp {
     pub redis: RedisServer,
     /// Holds the SQLite file.
     pub dir: TempDir,
+    /// What it was started with.
+    pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -132,7 +134,9 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns Roster with `config`, keeping `dir` and `redis` alive alongside it.
 pub async fn spawn_with(config: Config, dir: TempDir, redis: RedisServer) -> TestApp {
-    let app = Application::build(config).await.expect("roster starts");
+    let app = Application::build(config.clone())
+        .await
+        .expect("roster starts");
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -152,6 +156,7 @@ pub async fn spawn_with(config: Config, dir: TempDir, redis: RedisServer) -> Tes
         channel,
         redis,
         dir,
+        config,
         stop: Some(stop),
         task: Some(task),
     }
@@ -210,7 +215,7 @@ impl TestApp {
     /// Starts another Roster on this one's database and Redis, as a second
     /// replica behind a load balancer would run. The replica owns neither.
     pub async fn spawn_replica(&self) -> TestApp {
-        let config = test_config(&self.db_path(), &self.redis.url());
+        let config = self.config.clone();
         let borrowed = RedisServer {
             port: self.redis.port,
             child: None,

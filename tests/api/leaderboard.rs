@@ -625,6 +625,14 @@ struct World {
 
 async fn brute_force_board(app: &TestApp) -> Vec<(String, i64)> {
     let db = app.database().await;
+    let board = board_in(&db).await;
+    db.close().await.ok();
+    board
+}
+
+/// The board as a brute-force sort of the database's rows: best score
+/// first, then whoever reached it first; (name, score) per rank.
+pub(crate) async fn board_in(db: &sea_orm::DatabaseConnection) -> Vec<(String, i64)> {
     let rows = db
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
@@ -643,7 +651,6 @@ async fn brute_force_board(app: &TestApp) -> Vec<(String, i64)> {
             )
         })
         .collect();
-    db.close().await.ok();
     board.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
     board
         .into_iter()

@@ -1,9 +1,11 @@
-//! The Postgres path, through a TCP proxy the test can cut to make the
-//! database unreachable. Needs a Postgres server: ROSTER_TEST_POSTGRES_URL, or
+//! The Postgres path: health and errors through a TCP proxy the test can cut
+//! to make the database unreachable, and two replicas recording games at
+//! once. Needs a Postgres server: ROSTER_TEST_POSTGRES_URL, or
 //! the local one at postgres://postgres@127.0.0.1:5432/test. Without one the
 //! test says so and passes (the rest of the suite needs no Postgres).
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,14 +13,22 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{ConnectionTrait, Database};
-use tokio::{net::TcpListener, sync::Mutex, task::JoinHandle};
+use roster::proto::roster::v1::{self as pb, GameOutcome};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use tokio::{
+    net::TcpListener,
+    sync::Mutex,
+    task::{JoinHandle, JoinSet},
+};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{RedisServer, eventually, spawn_with, test_config};
+use crate::{
+    helpers::{RedisServer, eventually, spawn_with, test_config},
+    leaderboard::{all_pages, board_in, client, stats},
+};
 
 /// Forwards loopback TCP to `upstream` until cut.
 struct Proxy {
@@ -90,21 +100,55 @@ async fn health(app: &crate::helpers::TestApp) -> i32 {
         .status
 }
 
+/// A new, empty database on the test's Postgres server.
+struct TestDatabase {
+    admin: DatabaseConnection,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// `None` (after saying so) when there is no Postgres to test against.
+    async fn create() -> Option<Self> {
+        let admin_url = std::env::var("ROSTER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let Ok(Ok(admin)) =
+            tokio::time::timeout(Duration::from_secs(3), Database::connect(&admin_url)).await
+        else {
+            eprintln!("SKIPPED: no Postgres at {admin_url}");
+            return None;
+        };
+        let name = format!("roster_test_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Some(Self {
+            admin,
+            admin_url,
+            name,
+        })
+    }
+
+    /// The database's URL.
+    fn url(&self) -> String {
+        url_for(&self.admin_url, &self.name)
+    }
+
+    async fn drop_database(self) {
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_health_and_errors_follow_the_database_being_reachable() {
-    let admin_url = std::env::var("ROSTER_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let Ok(Ok(admin)) =
-        tokio::time::timeout(Duration::from_secs(3), Database::connect(&admin_url)).await
-    else {
-        eprintln!("SKIPPED: no Postgres at {admin_url}");
+    let Some(test_database) = TestDatabase::create().await else {
         return;
     };
-    let database = format!("roster_test_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {database}"))
-        .await
-        .unwrap();
+    let (admin_url, database) = (test_database.admin_url.clone(), test_database.name.clone());
     let host_port = host_port_of(&admin_url);
     let proxy = Proxy::start(host_port.clone()).await;
     let proxied = url_for(
@@ -158,10 +202,84 @@ async fn on_postgres_health_and_errors_follow_the_database_being_reachable() {
 
     drop(app.stop().await);
     drop(proxy);
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {database} WITH (FORCE)"))
-        .await
-        .unwrap();
+    test_database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_two_replicas_count_every_game_once_and_agree_on_the_board() {
+    let Some(test_database) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let mut config = test_config(&dir.path().join("unused.db"), &redis.url());
+    config.database_url = test_database.url();
+    let a = spawn_with(config, dir, redis).await;
+    let b = a.spawn_replica().await;
+    let players: Vec<String> = (0..5).map(|i| format!("pg-player-{i}")).collect();
+    for player in &players {
+        a.create_user(player).await;
+    }
+
+    // 200 games sent to both replicas at once, first games racing each
+    // other; every fourth goes to both replicas with one request_id.
+    let clients = [client(&a), client(&b)];
+    let mut calls = JoinSet::new();
+    let mut expected: HashMap<&str, (i64, i64)> = HashMap::new();
+    for game in 0..200usize {
+        let name = players[game % players.len()].clone();
+        let score = (game * 37 % 50) as i64;
+        let entry = expected.entry(&players[game % players.len()]).or_default();
+        *entry = (entry.0 + 1, entry.1.max(score));
+        let request_id = if game % 4 == 0 {
+            format!("game-{game}")
+        } else {
+            String::new()
+        };
+        let sent_to: &[usize] = if game % 4 == 0 { &[0, 1] } else { &[game % 2] };
+        for &replica in sent_to {
+            let mut client = clients[replica].clone();
+            let request = pb::RecordGameRequest {
+                name: name.clone(),
+                outcome: GameOutcome::Win.into(),
+                score,
+                request_id: request_id.clone(),
+            };
+            calls.spawn(async move { client.record_game(request).await });
+        }
+    }
+    while let Some(call) = calls.join_next().await {
+        call.unwrap().expect("every game is recorded");
+    }
+
+    let db = Database::connect(test_database.url()).await.unwrap();
+    let board = board_in(&db).await;
+    db.close().await.ok();
+    assert_eq!(board.len(), players.len());
+    for app in [&a, &b] {
+        for (rank, (name, score)) in board.iter().enumerate() {
+            let got = stats(app, name).await.unwrap();
+            let (games, best) = expected[name.as_str()];
+            assert_eq!(
+                (got.games_played, got.best_score, got.rank),
+                (games, best, rank as i64 + 1),
+                "{name}"
+            );
+            assert_eq!(*score, best);
+        }
+        let listed: Vec<(String, i64)> = all_pages(app, 2)
+            .await
+            .0
+            .concat()
+            .into_iter()
+            .map(|e| (e.name, e.score))
+            .collect();
+        assert_eq!(listed, board);
+    }
+
+    drop(b.stop().await);
+    drop(a.stop().await);
+    test_database.drop_database().await;
 }
 
 /// `postgres://user@host:port/db` -> `host:port`.
