@@ -84,6 +84,8 @@ impl Leaderboard {
             .await?;
         match recorded {
             Recorded::New { stats, position } => {
+                #[cfg(feature = "failpoints")]
+                crate::failpoint::hit("record-before-board", name.key().as_str()).await;
                 let rank = match self.board.record(name.key(), &stats, position).await {
                     Some(rank) => rank,
                     None => self.store.rank_of(position).await?,

@@ -187,8 +187,8 @@ impl Users {
         self.cache.invalidate(name.key()).await;
         // The database rows went with the cascade; the Redis board entry goes
         // here (a failure withdraws trust in the board until it is rebuilt).
-        self.board.remove(name.key()).await;
-        if deleted {
+        self.board.remove(name.key(), deleted).await;
+        if deleted.is_some() {
             tracing::info!("user deleted");
             Ok(())
         } else {

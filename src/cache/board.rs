@@ -104,36 +104,47 @@ const IDLE_SYNC: Duration = Duration::from_millis(100);
 /// Applies entries (4 arguments each after the first two: name key, member,
 /// score, stats value) forward-only. ARGV[1] = "1" logs every change (live
 /// updates; a rebuild's load is not logged, copies load the finished set).
-/// Returns {ready, 0-based rank of the last entry's member}.
+/// An entry for a user whose name holds a tombstone with the same id (a
+/// deleted user's late update) changes nothing. Returns {ready, 0-based
+/// rank of the last entry's member}, the rank -2 when that entry met a
+/// tombstone.
 static UPDATE: Script = Script::new(
     r"
 local log = ARGV[1] == '1'
 for i = 3, #ARGV, 4 do
   local key, member, score, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local changed = false
   local old = redis.call('HGET', KEYS[2], key)
-  if (not old) or tonumber(string.sub(old, 1, 16)) > tonumber(string.sub(member, 1, 16)) then
-    if old then redis.call('ZREM', KEYS[1], old) end
-    redis.call('ZADD', KEYS[1], score, member)
-    redis.call('HSET', KEYS[2], key, member)
-    changed = true
-  end
-  local current = redis.call('HGET', KEYS[3], key)
-  if (not current) or tonumber(string.sub(current, 1, 20)) < tonumber(string.sub(value, 1, 20)) then
-    redis.call('HSET', KEYS[3], key, value)
-    changed = true
-  end
-  if log and changed then
-    local version = redis.call('INCR', KEYS[5])
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], string.format('%d-0', version),
-               'k', key, 'm', member, 's', score, 'v', value)
+  local tombstone = old and string.sub(old, 1, 1) == '~'
+  if not (tombstone and string.sub(old, 2) == string.sub(member, 17, 52)) then
+    if tombstone then old = nil end
+    local changed = false
+    if (not old) or tonumber(string.sub(old, 1, 16)) > tonumber(string.sub(member, 1, 16)) then
+      if old then redis.call('ZREM', KEYS[1], old) end
+      redis.call('ZADD', KEYS[1], score, member)
+      redis.call('HSET', KEYS[2], key, member)
+      changed = true
+    end
+    local current = redis.call('HGET', KEYS[3], key)
+    if (not current) or tonumber(string.sub(current, 1, 20)) < tonumber(string.sub(value, 1, 20)) then
+      redis.call('HSET', KEYS[3], key, value)
+      changed = true
+    end
+    if log and changed then
+      local version = redis.call('INCR', KEYS[5])
+      redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], string.format('%d-0', version),
+                 'k', key, 'm', member, 's', score, 'v', value)
+    end
   end
 end
 local ready = redis.call('EXISTS', KEYS[4])
 local rank = -1
 if #ARGV >= 6 then
   local member = redis.call('HGET', KEYS[2], ARGV[#ARGV - 3])
-  rank = redis.call('ZREVRANK', KEYS[1], member) or -1
+  if member and string.sub(member, 1, 1) == '~' then
+    rank = -2
+  elseif member then
+    rank = redis.call('ZREVRANK', KEYS[1], member) or -1
+  end
 end
 return {ready, rank}
 ",
@@ -171,7 +182,7 @@ static AROUND: Script = Script::new(
     r"
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
 local member = redis.call('HGET', KEYS[2], ARGV[1])
-if not member then return {1, -1} end
+if (not member) or string.sub(member, 1, 1) == '~' then return {1, -1} end
 local index = redis.call('ZREVRANK', KEYS[1], member)
 if not index then return {0} end
 local total = redis.call('ZCARD', KEYS[1])
@@ -196,15 +207,24 @@ return 1
 );
 
 /// Removes one user (name key in ARGV[1]) from the set and both hashes, and
-/// logs the removal (ARGV[2]: log length).
+/// logs the removal (ARGV[3]: log length). ARGV[2], when not empty, is the
+/// tombstone left under the name: `~` and the deleted user's id, so that a
+/// game of theirs that reaches Redis after the removal cannot bring them
+/// back (see UPDATE).
 static REMOVE: Script = Script::new(
     r"
 local member = redis.call('HGET', KEYS[2], ARGV[1])
-if member then redis.call('ZREM', KEYS[1], member) end
-local removed = redis.call('HDEL', KEYS[2], ARGV[1]) + redis.call('HDEL', KEYS[3], ARGV[1])
-if removed > 0 then
+local ranked = member and string.sub(member, 1, 1) ~= '~'
+if ranked then redis.call('ZREM', KEYS[1], member) end
+local removed = redis.call('HDEL', KEYS[3], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+elseif ranked then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if ranked or removed > 0 then
   local version = redis.call('INCR', KEYS[5])
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], string.format('%d-0', version), 'k', ARGV[1])
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], string.format('%d-0', version), 'k', ARGV[1])
 end
 return 1
 ",
@@ -430,8 +450,9 @@ impl BoardCache {
 
     /// Applies a committed game: moves the user's entry forward if `position`
     /// is newer and stores `stats` if newer. Returns the user's 1-based rank
-    /// when the set is trusted and the update landed; otherwise withdraws
-    /// trust (the set may now miss this update) and returns `None`.
+    /// when the set is trusted and the update landed; `None` when the user
+    /// was deleted meanwhile; otherwise withdraws trust (the set may now miss
+    /// this update) and returns `None`.
     pub async fn record(
         &self,
         key: &NameKey,
@@ -451,6 +472,11 @@ impl BoardCache {
             Ok(reply) => {
                 let ready = reply.first().and_then(Value::as_i64) == Some(1);
                 let index = reply.get(1).and_then(Value::as_i64);
+                if index == Some(-2) {
+                    // The user was deleted after this game committed: the
+                    // tombstone kept the game off the board, which is right.
+                    return None;
+                }
                 match index.and_then(|i| u64::try_from(i).ok()) {
                     Some(index) if ready => self.is_trusted().then_some(index + 1),
                     _ => {
@@ -586,9 +612,10 @@ impl BoardCache {
         }
     }
 
-    /// Removes a user's entry and stats (for a deleted user). Failures
-    /// withdraw trust, as for any update.
-    pub async fn remove(&self, key: &NameKey) {
+    /// Removes a user's entry and stats. With the id of a user just
+    /// deleted, leaves a tombstone so that a late update of theirs cannot
+    /// bring them back. Failures withdraw trust, as for any update.
+    pub async fn remove(&self, key: &NameKey, deleted: Option<Uuid>) {
         let Some(client) = self.connected() else {
             if self.is_enabled() {
                 self.distrust();
@@ -599,7 +626,11 @@ impl BoardCache {
             .eval(
                 client,
                 keys(),
-                vec![Value::from(key.as_str()), Value::from(LOG_LENGTH)],
+                vec![
+                    Value::from(key.as_str()),
+                    Value::from(deleted.map(|id| format!("~{id}")).unwrap_or_default()),
+                    Value::from(LOG_LENGTH),
+                ],
             )
             .await;
         if let Err(error) = result {

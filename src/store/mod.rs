@@ -14,7 +14,7 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqlErr, Statement,
-    sea_query::Expr,
+    sea_query::{Expr, Query},
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
@@ -199,15 +199,19 @@ impl Store {
 
     /// Deletes the user and, through ON DELETE CASCADE foreign keys,
     /// everything that belongs to them, in one statement (one transaction).
-    /// `false` when there was no such user.
+    /// Returns the deleted user's id; `None` when there was no such user.
     #[tracing::instrument(skip_all, fields(user = %key))]
-    pub async fn delete_user(&self, key: &NameKey) -> Result<bool, Error> {
-        let result = users::Entity::delete_many()
-            .filter(users::Column::NameKey.eq(key.as_str()))
-            .exec(&self.writer)
-            .await
-            .map_err(classify)?;
-        Ok(result.rows_affected > 0)
+    pub async fn delete_user(&self, key: &NameKey) -> Result<Option<Uuid>, Error> {
+        // RETURNING only the id: the row's password hash never leaves the database.
+        let statement = Query::delete()
+            .from_table(users::Entity)
+            .and_where(users::Column::NameKey.eq(key.as_str()))
+            .returning_col(users::Column::Id)
+            .to_owned();
+        let row = self.writer.query_one(&statement).await.map_err(classify)?;
+        row.map(|row| row.try_get::<Uuid>("", "id"))
+            .transpose()
+            .map_err(classify)
     }
 
     /// Up to `limit` users with canonical names after `after`, in canonical

@@ -1,11 +1,12 @@
-//! Each replica's in-process copy of the board: every read it serves reflects
-//! every game acknowledged before the read, whichever replica acknowledged it;
-//! a gap in the board's change log or a new board generation sends reads to
-//! Redis until the copy is loaded again.
+//! The board in Redis and each replica's in-process copy of it: every read a
+//! copy serves reflects every game acknowledged before the read, whichever
+//! replica acknowledged it; a gap in the board's change log sends reads to
+//! Redis until the copy is loaded again; a game that reaches Redis after its
+//! player was deleted does not bring the player back.
 
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, KeysInterface, StreamsInterface};
+use fred::prelude::{ClientLike, KeysInterface, SortedSetsInterface, StreamsInterface};
 use roster::{failpoint, proto::roster::v1 as pb};
 use tonic::Code;
 
@@ -150,6 +151,64 @@ async fn a_gap_in_the_change_log_reloads_the_copy_without_a_wrong_answer() {
     assert_eq!(
         names(&around(&app, "gap0", 2).await.unwrap()),
         ["gap1", "gap0"]
+    );
+    redis.quit().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_that_reaches_redis_after_its_player_was_deleted_does_not_bring_them_back() {
+    let app = spawn_app().await;
+    board_of(&app, &[("ghost", 5), ("alive", 3)]).await;
+    wait_for_copy(&app, "alive").await;
+
+    // The game commits, then waits before updating Redis; meanwhile the
+    // player is deleted (database and board).
+    let pause = failpoint::arm("record-before-board", "ghost");
+    let game = tokio::spawn({
+        let app_client = crate::leaderboard::client(&app);
+        async move {
+            let mut client = app_client;
+            client
+                .record_game(pb::RecordGameRequest {
+                    name: "ghost".into(),
+                    outcome: pb::GameOutcome::Win.into(),
+                    score: 9,
+                    request_id: String::new(),
+                })
+                .await
+        }
+    });
+    pause.reached.notified().await;
+    app.client
+        .clone()
+        .delete_user(pb::DeleteUserRequest {
+            name: "ghost".into(),
+        })
+        .await
+        .unwrap();
+    pause.resume.notify_one();
+    game.await
+        .unwrap()
+        .expect("the game committed before the deletion");
+
+    let listed = list(&app, 10, "").await.unwrap();
+    assert_eq!(names(&listed.entries), ["alive"], "no ghost on the board");
+    assert_eq!(listed.total_size, 1);
+    assert_eq!(stats(&app, "alive").await.unwrap().rank, 1);
+    assert_eq!(
+        stats(&app, "ghost").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let redis = app.redis.client().await;
+    let ranked: i64 = redis.zcard(crate::leaderboard::SET_KEY).await.unwrap();
+    assert_eq!(ranked, 1, "the set in Redis holds no ghost either");
+
+    // Someone new may take the name and play.
+    app.create_user("ghost").await;
+    assert_eq!(win(&app, "ghost", 1).await.rank, 2);
+    assert_eq!(
+        names(&list(&app, 10, "").await.unwrap().entries),
+        ["alive", "ghost"]
     );
     redis.quit().await.ok();
 }
