@@ -101,7 +101,8 @@ struct Report {
     errors: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
-    /// What Redis did meanwhile: commands received, CPU seconds used.
+    /// What Redis did meanwhile: commands run (those inside Lua scripts
+    /// included) and CPU seconds used.
     redis: RedisUse,
 }
 
@@ -182,6 +183,15 @@ where
     if !rig.args.runs(name) {
         return None;
     }
+    Some(run_load(rig, name, concurrency, call).await)
+}
+
+/// [`load`] without the `--only` check.
+async fn run_load<F, Fut>(rig: &Rig<'_>, name: &'static str, concurrency: usize, call: F) -> Report
+where
+    F: Fn(Channel) -> Option<Fut> + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
     let duration = rig.args.duration;
     let channels = &rig.channels;
     // Progress on stderr (unbuffered), so a profiler can be aimed at one scenario.
@@ -229,7 +239,7 @@ where
     }
     report.elapsed = start.elapsed();
     report.redis = RedisUse::read(&rig.redis).await.since(redis_before);
-    Some(report)
+    report
 }
 
 fn free_port() -> u16 {
@@ -635,6 +645,48 @@ fn main() {
             })
             .await,
         );
+
+        // Board reads while games are recorded: every read's sync then also
+        // brings the copy the games logged since the last one. Redis
+        // figures for these two are for both together.
+        if args.runs("mixed") {
+            let next_user = spread_over_users(total);
+            let reads = run_load(&rig, "Mixed: AroundUser", args.concurrency, move |ch| {
+                let name = next_user();
+                Some(async move {
+                    LeaderboardServiceClient::new(ch)
+                        .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
+                            name,
+                            page_size: 11,
+                        })
+                        .await
+                        .map(drop)
+                })
+            });
+            let cursor = Arc::new(AtomicUsize::new(0));
+            let writes = run_load(
+                &rig,
+                "Mixed: RecordGame",
+                args.record_concurrency,
+                move |ch| {
+                    let n = cursor.fetch_add(1, Ordering::Relaxed);
+                    let i = n.wrapping_mul(7_919) % total;
+                    Some(async move {
+                        LeaderboardServiceClient::new(ch)
+                            .record_game(pb::RecordGameRequest {
+                                name: name_of(i),
+                                outcome: pb::GameOutcome::Loss.into(),
+                                score: (60_000 + n % 60_000) as i64,
+                                request_id: String::new(),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            );
+            let (reads, writes) = tokio::join!(reads, writes);
+            reports.extend([reads, writes]);
+        }
 
         let cursor = Arc::new(AtomicUsize::new(total));
         reports.extend(
