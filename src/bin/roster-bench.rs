@@ -242,6 +242,25 @@ where
     report
 }
 
+/// One ListLeaderboardAroundUser call: the 11-entry window around `name`.
+async fn around_call(channel: Channel, name: String) -> Result<(), tonic::Status> {
+    LeaderboardServiceClient::new(channel)
+        .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
+            name,
+            page_size: 11,
+        })
+        .await
+        .map(drop)
+}
+
+/// One RecordGame call.
+async fn record_call(channel: Channel, game: pb::RecordGameRequest) -> Result<(), tonic::Status> {
+    LeaderboardServiceClient::new(channel)
+        .record_game(game)
+        .await
+        .map(drop)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -600,16 +619,7 @@ fn main() {
         let next_user = spread_over_users(total);
         reports.extend(
             load(&rig, "AroundUser", args.concurrency, move |ch| {
-                let name = next_user();
-                Some(async move {
-                    LeaderboardServiceClient::new(ch)
-                        .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
-                            name,
-                            page_size: 11,
-                        })
-                        .await
-                        .map(drop)
-                })
+                Some(around_call(ch, next_user()))
             })
             .await,
         );
@@ -630,18 +640,13 @@ fn main() {
         reports.extend(
             load(&rig, "RecordGame", args.record_concurrency, move |ch| {
                 let n = cursor.fetch_add(1, Ordering::Relaxed);
-                let i = n.wrapping_mul(7_919) % total;
-                Some(async move {
-                    LeaderboardServiceClient::new(ch)
-                        .record_game(pb::RecordGameRequest {
-                            name: name_of(i),
-                            outcome: pb::GameOutcome::Win.into(),
-                            score: (n % 60_000) as i64,
-                            request_id: format!("bench-{n}"),
-                        })
-                        .await
-                        .map(drop)
-                })
+                let game = pb::RecordGameRequest {
+                    name: name_of(n.wrapping_mul(7_919) % total),
+                    outcome: pb::GameOutcome::Win.into(),
+                    score: (n % 60_000) as i64,
+                    request_id: format!("bench-{n}"),
+                };
+                Some(record_call(ch, game))
             })
             .await,
         );
@@ -652,16 +657,7 @@ fn main() {
         if args.runs("mixed") {
             let next_user = spread_over_users(total);
             let reads = run_load(&rig, "Mixed: AroundUser", args.concurrency, move |ch| {
-                let name = next_user();
-                Some(async move {
-                    LeaderboardServiceClient::new(ch)
-                        .list_leaderboard_around_user(pb::ListLeaderboardAroundUserRequest {
-                            name,
-                            page_size: 11,
-                        })
-                        .await
-                        .map(drop)
-                })
+                Some(around_call(ch, next_user()))
             });
             let cursor = Arc::new(AtomicUsize::new(0));
             let writes = run_load(
@@ -670,18 +666,13 @@ fn main() {
                 args.record_concurrency,
                 move |ch| {
                     let n = cursor.fetch_add(1, Ordering::Relaxed);
-                    let i = n.wrapping_mul(7_919) % total;
-                    Some(async move {
-                        LeaderboardServiceClient::new(ch)
-                            .record_game(pb::RecordGameRequest {
-                                name: name_of(i),
-                                outcome: pb::GameOutcome::Loss.into(),
-                                score: (60_000 + n % 60_000) as i64,
-                                request_id: String::new(),
-                            })
-                            .await
-                            .map(drop)
-                    })
+                    let game = pb::RecordGameRequest {
+                        name: name_of(n.wrapping_mul(7_919) % total),
+                        outcome: pb::GameOutcome::Loss.into(),
+                        score: (60_000 + n % 60_000) as i64,
+                        request_id: String::new(),
+                    };
+                    Some(record_call(ch, game))
                 },
             );
             let (reads, writes) = tokio::join!(reads, writes);

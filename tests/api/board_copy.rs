@@ -78,13 +78,7 @@ async fn a_game_acknowledged_by_one_replica_is_in_every_read_of_another_at_once(
     );
 
     // A deletion on one replica is gone from the other's board at once.
-    b.client
-        .clone()
-        .delete_user(pb::DeleteUserRequest {
-            name: "rep3".into(),
-        })
-        .await
-        .unwrap();
+    b.delete_user("rep3").await;
     let listed = list(&a, 10, "").await.unwrap();
     assert!(!names(&listed.entries).contains(&"rep3"));
     assert_eq!(listed.total_size, 3);
@@ -179,13 +173,7 @@ async fn a_game_that_reaches_redis_after_its_player_was_deleted_does_not_bring_t
         }
     });
     pause.reached.notified().await;
-    app.client
-        .clone()
-        .delete_user(pb::DeleteUserRequest {
-            name: "ghost".into(),
-        })
-        .await
-        .unwrap();
+    app.delete_user("ghost").await;
     pause.resume.notify_one();
     game.await
         .unwrap()

@@ -50,16 +50,7 @@ async fn race_fill_against(
 async fn a_fill_that_raced_a_delete_does_not_bring_the_user_back() {
     let app = spawn_app().await;
     app.create_user("race-delete").await;
-    let after = race_fill_against(&app, "race-delete", true, async {
-        app.client
-            .clone()
-            .delete_user(pb::DeleteUserRequest {
-                name: "race-delete".into(),
-            })
-            .await
-            .unwrap();
-    })
-    .await;
+    let after = race_fill_against(&app, "race-delete", true, app.delete_user("race-delete")).await;
     assert_eq!(after.unwrap_err().code(), Code::NotFound);
 }
 

@@ -224,6 +224,15 @@ impl TestApp {
         spawn_with(config, tempfile::tempdir().unwrap(), borrowed).await
     }
 
+    /// Calls DeleteUser, panicking on failure.
+    pub async fn delete_user(&self, name: &str) {
+        self.client
+            .clone()
+            .delete_user(pb::DeleteUserRequest { name: name.into() })
+            .await
+            .unwrap();
+    }
+
     /// Opens the test's SQLite file directly, as another process would.
     pub async fn database(&self) -> sea_orm::DatabaseConnection {
         sea_orm::Database::connect(format!("sqlite://{}", self.db_path().display()))
