@@ -261,6 +261,19 @@ async fn record_call(channel: Channel, game: pb::RecordGameRequest) -> Result<()
         .map(drop)
 }
 
+/// This process's resident memory, as Linux reports it (`VmRSS`).
+fn resident_set_size() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .map(|rss| rss.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -486,6 +499,7 @@ fn main() {
         preload(&database_url, args.users, phc.as_phc()).await;
         redis
     });
+    let rss_before = resident_set_size();
     let began = Instant::now();
     let app = server_runtime
         .block_on(Application::build(config))
@@ -516,17 +530,20 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!(
-            "board of {} ranked users built in redis {:.2} s after start",
+            "board of {} ranked users built in redis {:.2} s after start (process RSS {})",
             args.users,
-            began.elapsed().as_secs_f64()
+            began.elapsed().as_secs_f64(),
+            resident_set_size()
         );
         // Then the server's own copy of it, loaded from Redis.
         while board.copy_len() != Some(args.users as u64) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         println!(
-            "board copy loaded in the server {:.2} s after start",
-            began.elapsed().as_secs_f64()
+            "board copy loaded in the server {:.2} s after start (process RSS {} before start, {} now)",
+            began.elapsed().as_secs_f64(),
+            rss_before,
+            resident_set_size()
         );
 
         let rig = Rig {
