@@ -33,6 +33,13 @@ pub struct Config {
     #[arg(long, env = "ROSTER_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Keep a copy of the leaderboard in this process and answer board reads
+    /// from it, checked against Redis on every read (see README). `false`
+    /// answers every board read with a Redis script instead: slower, and no
+    /// memory for the copy (about 0.3-0.5 KB per ranked user).
+    #[arg(long, env = "ROSTER_BOARD_COPY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub board_copy: bool,
+
     /// Argon2id memory cost in KiB (OWASP minimum: 19456).
     #[arg(long, env = "ROSTER_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,

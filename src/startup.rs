@@ -75,7 +75,7 @@ impl Application {
             },
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
-        let board = BoardCache::new(redis.clone());
+        let board = BoardCache::new(redis.clone(), config.board_copy);
         let users = Users::new(store.clone(), cache, board.clone(), throttle, hasher);
         let leaderboard = Leaderboard::new(store.clone(), board, users.clone());
         Ok(Self {

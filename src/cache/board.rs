@@ -397,13 +397,15 @@ pub struct BoardCache {
     redis: Option<Redis>,
     trust: Arc<Trust>,
     copy: Arc<Copy>,
+    copy_enabled: bool,
 }
 
 impl BoardCache {
-    /// The board cache over the shared Redis connection (if any). Every (re)connection
+    /// The board cache over the shared Redis connection (if any), with this
+    /// process's copy of the board when `copy_enabled`. Every (re)connection
     /// withdraws trust and asks for a rebuild: Redis may have lost or kept
     /// stale data while we were away.
-    pub fn new(redis: Option<Redis>) -> Self {
+    pub fn new(redis: Option<Redis>, copy_enabled: bool) -> Self {
         let board = Self {
             redis,
             trust: Arc::new(Trust {
@@ -411,6 +413,7 @@ impl BoardCache {
                 rebuild: Notify::new(),
             }),
             copy: Arc::new(Copy::new()),
+            copy_enabled,
         };
         if let Some(client) = board.redis.as_ref().map(Redis::client) {
             let trust = Arc::clone(&board.trust);
@@ -755,9 +758,10 @@ impl BoardCache {
     }
 
     /// Keeps this process's copy of the board loaded and current, for as
-    /// long as it runs; reads use Redis itself while it is not running.
+    /// long as it runs; reads use Redis itself while it is not running (and
+    /// always, when the copy is switched off).
     pub async fn keep_copy(&self) {
-        if self.is_enabled() {
+        if self.is_enabled() && self.copy_enabled {
             tokio::join!(self.sync_loop(), self.load_loop());
         }
     }

@@ -15,7 +15,9 @@ use roster::proto::roster::v1::{
 use sea_orm::{ConnectionTrait, Statement};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{TestApp, eventually, reason, spawn_app, violations};
+use crate::helpers::{
+    RedisServer, TestApp, eventually, reason, spawn_app, spawn_with, test_config, violations,
+};
 
 pub(crate) const SET_KEY: &str = "roster:v1:board:{lb}:set";
 pub(crate) const READY_KEY: &str = "roster:v1:board:{lb}:ready";
@@ -621,6 +623,9 @@ struct World {
     model: HashMap<String, Expected>,
     clock: u64,
     case: usize,
+    /// Starts every player's name, so that runs in parallel keep their
+    /// failpoint counts apart.
+    prefix: &'static str,
 }
 
 async fn brute_force_board(app: &TestApp) -> Vec<(String, i64)> {
@@ -666,7 +671,9 @@ async fn play_and_check(
     redis_down: bool,
 ) -> Result<(), TestCaseError> {
     world.case += 1;
-    let players: Vec<String> = (0..4).map(|i| format!("c{}u{i}", world.case)).collect();
+    let players: Vec<String> = (0..4)
+        .map(|i| format!("{}{}u{i}", world.prefix, world.case))
+        .collect();
     for name in &players {
         world.app.create_user(name).await;
     }
@@ -767,16 +774,42 @@ async fn play_and_check(
 
 #[test]
 fn every_read_agrees_with_a_brute_force_ordering_of_the_database_over_random_histories() {
+    let (from_copy, keyed) = agree_with_brute_force("c", true);
+    // Reads while Redis is stopped (a fifth of the cases) cannot use it.
+    assert!(
+        from_copy * 2 >= keyed,
+        "the board copy answered only {from_copy} of {keyed} stats and window reads"
+    );
+}
+
+#[test]
+fn with_the_board_copy_off_every_read_still_agrees_with_a_brute_force_ordering() {
+    // The Redis scripts then answer every read that Redis can.
+    let (from_copy, _) = agree_with_brute_force("s", false);
+    assert_eq!(from_copy, 0, "the board copy is off");
+}
+
+/// Runs the property test on a Roster with the board copy on or off; returns
+/// how many stats and window reads the copy answered, and how many there were.
+fn agree_with_brute_force(prefix: &'static str, board_copy: bool) -> (usize, usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let app = runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start();
+        let mut config = test_config(&dir.path().join("roster.db"), &redis.url());
+        config.board_copy = board_copy;
+        spawn_with(config, dir, redis).await
+    });
     let world = RefCell::new(World {
-        app: runtime.block_on(spawn_app()),
+        app,
         model: HashMap::new(),
         clock: 0,
         case: 0,
+        prefix,
     });
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 24,
@@ -800,8 +833,14 @@ fn every_read_agrees_with_a_brute_force_ordering_of_the_database_over_random_his
         ))
     });
     let world = world.into_inner();
+    let copy_reads = (1..=world.case)
+        .flat_map(|case| (0..4).map(move |i| format!("{prefix}{case}u{i}")))
+        .map(|name| roster::failpoint::count("board-copy-read", &name))
+        .sum();
+    let keyed = world.case * 4 * 2;
     runtime.block_on(async move { drop(world.app.stop().await) });
     result.unwrap();
+    (copy_reads, keyed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
