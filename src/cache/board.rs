@@ -38,8 +38,9 @@
 //! uses it only when a sync that began after the read arrived found Redis at
 //! the copy's generation and at most at its log position: every game
 //! acknowledged before the read (by any replica) reached Redis before that
-//! sync, so the copy reflects it. Concurrent reads share one sync (one
-//! EVALSHA for all of them), which is what makes the copy cheap. Anything
+//! sync, so the copy reflects it. Concurrent reads share one sync (one MGET
+//! of the generation and log position for all of them), which is what makes
+//! the copy cheap. Anything
 //! else (a new generation, a gap in the log, Redis slow or down) sends the
 //! read to the Redis scripts, and from there to the database.
 //!
@@ -232,15 +233,15 @@ return 1
 
 /// Where a copy stands against Redis. ARGV: the copy's generation, its log
 /// position, the first log id it lacks, and how many entries to return.
-/// {0} when not ready; {1, generation, version} when the generation is not
-/// the copy's; {2, version} when the copy is current; {2, version, entries}
-/// with the log entries after the copy's position otherwise.
+/// {0} when not ready; {1} when the generation is not the copy's; {2,
+/// version} when the copy is current; {2, version, entries} with the log
+/// entries after the copy's position otherwise.
 static SYNC: Script = Script::new(
     r"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then return {0} end
+local generation = redis.call('GET', KEYS[1])
+if not generation then return {0} end
+if generation ~= ARGV[1] then return {1} end
 local version = redis.call('GET', KEYS[2]) or '0'
-if epoch ~= ARGV[1] then return {1, epoch, version} end
 if tonumber(version) <= tonumber(ARGV[2]) then return {2, version} end
 return {2, version, redis.call('XRANGE', KEYS[3], ARGV[3], '+', 'COUNT', ARGV[4])}
 ",
@@ -291,10 +292,11 @@ pub enum CachedWindow {
     Window(BoardPage),
 }
 
-/// A rebuild in progress: the trust generation it started from and its token.
+/// A rebuild in progress: how many times trust had been withdrawn when it
+/// began, and its token (the board's generation once it finishes).
 #[derive(Debug)]
 pub struct Rebuild {
-    generation: u64,
+    withdrawals: u64,
     token: String,
 }
 
@@ -642,12 +644,12 @@ impl BoardCache {
         }
     }
 
-    /// Starts a rebuild: notes the trust generation, empties the set (ready
+    /// Starts a rebuild: notes how often trust was withdrawn, empties the set (ready
     /// marker first) and records a fresh rebuild token. Pass the result to
     /// [`finish_rebuild`](Self::finish_rebuild).
     pub async fn begin_rebuild(&self) -> Result<Rebuild, RedisError> {
         let client = self.require_client()?;
-        let generation = self.trust.word.load(Ordering::Acquire) >> 1;
+        let withdrawals = self.trust.word.load(Ordering::Acquire) >> 1;
         let token = Uuid::now_v7().to_string();
         let _: i64 = client
             .del(vec![
@@ -662,7 +664,7 @@ impl BoardCache {
         let _: () = client
             .set(BUILDING_KEY, token.as_str(), None, None, false)
             .await?;
-        Ok(Rebuild { generation, token })
+        Ok(Rebuild { withdrawals, token })
     }
 
     /// Loads a batch of ranked users (forward-only, like live updates).
@@ -698,7 +700,7 @@ impl BoardCache {
         if finished != 1 {
             return Ok(false);
         }
-        let untrusted = rebuild.generation << 1;
+        let untrusted = rebuild.withdrawals << 1;
         Ok(self
             .trust
             .word
@@ -744,11 +746,11 @@ impl BoardCache {
         if round.found.get().is_none() {
             done.await;
         }
-        let (epoch, version) = round.found.get()?.clone()?;
+        let (generation, version) = round.found.get()?.clone()?;
         let answer = {
             let board = copy.read();
             let mirror = board.as_ref()?;
-            mirror.covers(&epoch, version).then(|| read(mirror))?
+            mirror.covers(&generation, version).then(|| read(mirror))?
         };
         #[cfg(feature = "failpoints")]
         if let Some(key) = key {
@@ -800,28 +802,21 @@ impl BoardCache {
         // generation and log position are read together, and a rebuild
         // deletes both at once, so a matching generation means the version
         // is that generation's. Anything else goes through the script.
-        let (epoch, applied) = self.copy_position()?;
-        let keys = vec![Key::from(READY_KEY), Key::from(VERSION_KEY)];
-        match Box::pin(client.mget::<Vec<Option<String>>, _>(keys)).await {
-            Ok(found) => {
-                if let [Some(current), version] = found.as_slice()
-                    && **current == *epoch
-                {
-                    let version = version.as_deref().unwrap_or("0").parse().ok();
-                    if let Some(version) = version.filter(|&v| v == applied) {
-                        return Some((epoch, version));
-                    }
-                }
+        let (generation, applied) = self.copy_position()?;
+        match generation_and_version(client).await {
+            Ok(Some((current, version))) if *current == *generation && version == applied => {
+                return Some((generation, version));
             }
+            Ok(_) => {}
             Err(error) => {
                 self.warn("redis board sync failed; reading the set", Some(&error));
                 return None;
             }
         }
         for _ in 0..SYNC_CALLS {
-            let (epoch, applied) = self.copy_position()?;
+            let (generation, applied) = self.copy_position()?;
             let args = vec![
-                Value::from(&*epoch),
+                Value::from(&*generation),
                 Value::from(applied.to_string()),
                 Value::from(format!("{}-0", applied.saturating_add(1))),
                 Value::from(SYNC_BATCH.to_string()),
@@ -850,16 +845,16 @@ impl BoardCache {
                         self.copy.request_reload();
                         return None;
                     }
-                    return Some((epoch, version));
+                    return Some((generation, version));
                 }
                 (Some(2), [version, log]) => {
                     let version = as_u64(version)?;
-                    if !self.apply_log(&epoch, applied, log) {
+                    if !self.apply_log(&generation, applied, log) {
                         return None;
                     }
                     let covered = self.copy.read().as_ref().map(Mirror::applied);
                     if covered >= Some(version) {
-                        return Some((epoch, version));
+                        return Some((generation, version));
                     }
                 }
                 // Another generation than the copy's: load it.
@@ -881,19 +876,19 @@ impl BoardCache {
             .copy
             .read()
             .as_ref()
-            .map(|m| (Arc::clone(m.epoch()), m.applied()));
+            .map(|m| (Arc::clone(m.generation()), m.applied()));
         if position.is_none() {
             self.copy.request_reload();
         }
         position
     }
 
-    /// Applies log entries that follow `applied` to the copy of `epoch`.
+    /// Applies log entries that follow `applied` to the copy of `generation`.
     /// `false` when they cannot be (the copy changed meanwhile, or the log
     /// has a gap or an unreadable entry, which also asks for a reload).
-    fn apply_log(&self, epoch: &str, applied: u64, log: &Value) -> bool {
+    fn apply_log(&self, generation: &str, applied: u64, log: &Value) -> bool {
         let mut board = self.copy.write();
-        let Some(mirror) = board.as_mut().filter(|m| m.covers(epoch, applied)) else {
+        let Some(mirror) = board.as_mut().filter(|m| m.covers(generation, applied)) else {
             return false;
         };
         if mirror.applied() != applied {
@@ -959,22 +954,10 @@ impl BoardCache {
     /// harmless). `None` while the set is not ready.
     async fn load_copy(&self) -> Result<Option<Mirror>, RedisError> {
         let client = self.require_client()?;
-        let keys = vec![
-            Key::from(READY_KEY),
-            Key::from(VERSION_KEY),
-            Key::from(LOG_KEY),
-        ];
-        // An empty generation never matches: the reply says where Redis is.
-        let args = vec![Value::from(""), Value::from("0"), Value::from("1-0")];
-        let reply: Value = SYNC.eval(client, keys, args).await?;
-        let (epoch, version) = match reply.into_array().as_slice() {
-            [_, epoch, version] => match (epoch.as_bytes_str(), as_u64(version)) {
-                (Some(epoch), Some(version)) => (Arc::<str>::from(&*epoch), version),
-                _ => return Ok(None),
-            },
-            _ => return Ok(None),
+        let Some((generation, version)) = generation_and_version(client).await? else {
+            return Ok(None);
         };
-        let mut mirror = Mirror::new(epoch, version);
+        let mut mirror = Mirror::new(generation.into(), version);
         let mut cursor = String::from("0");
         loop {
             let keys = vec![
@@ -1111,6 +1094,24 @@ fn entry_args(key: &str, stats: &Stats, position: BoardPosition) -> Vec<Value> {
         Value::from(position.score.to_string()),
         Value::Bytes(Bytes::from(value)),
     ]
+}
+
+/// The board's generation and change-log position, read together (one
+/// MGET; a rebuild deletes both at once); `None` while the set is not ready.
+async fn generation_and_version(
+    client: &fred::clients::Client,
+) -> Result<Option<(String, u64)>, RedisError> {
+    let keys = vec![Key::from(READY_KEY), Key::from(VERSION_KEY)];
+    let found: Vec<Option<String>> = Box::pin(client.mget(keys)).await?;
+    Ok(match found.as_slice() {
+        [Some(generation), version] => version
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .ok()
+            .map(|version| (generation.clone(), version)),
+        _ => None,
+    })
 }
 
 /// One change from the board's log.

@@ -645,8 +645,13 @@ async fn commit_all_or_nothing<'a>(
     }
     Some(match txn.commit().await {
         Ok(()) => results,
-        Err(error) => (0..count).map(|_| Err(classify(error.clone()))).collect(),
+        Err(error) => all_failed(count, &error),
     })
+}
+
+/// The same error for each of `count` games.
+fn all_failed(count: usize, error: &DbErr) -> Vec<Result<Recorded, Error>> {
+    (0..count).map(|_| Err(classify(error.clone()))).collect()
 }
 
 async fn commit_each_in_savepoint<'a>(
@@ -654,10 +659,9 @@ async fn commit_each_in_savepoint<'a>(
     games: impl ExactSizeIterator<Item = &'a Game>,
 ) -> Vec<Result<Recorded, Error>> {
     let count = games.len();
-    let failed = |error: DbErr| (0..count).map(|_| Err(classify(error.clone()))).collect();
     let txn = match writer.begin().await {
         Ok(txn) => txn,
-        Err(error) => return failed(error),
+        Err(error) => return all_failed(count, &error),
     };
     let mut results = Vec::with_capacity(count);
     for game in games {
@@ -682,7 +686,7 @@ async fn commit_each_in_savepoint<'a>(
     }
     match txn.commit().await {
         Ok(()) => results,
-        Err(error) => failed(error),
+        Err(error) => all_failed(count, &error),
     }
 }
 

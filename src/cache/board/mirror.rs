@@ -38,10 +38,10 @@ struct Slot {
     stats: Stats,
 }
 
-/// The board as of one Redis board generation (`epoch`, the token of the
+/// The board as of one Redis board generation (the token of the
 /// rebuild that made it) and one point of its change log (`applied`).
 pub(crate) struct Mirror {
-    epoch: Arc<str>,
+    generation: Arc<str>,
     applied: u64,
     // indexset's B-tree keeps a Fenwick index over its nodes, so rank and
     // select are O(log n): the same operations Redis's skiplist offers.
@@ -50,10 +50,10 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    /// An empty copy of generation `epoch` whose log position is `applied`.
-    pub(crate) fn new(epoch: Arc<str>, applied: u64) -> Self {
+    /// An empty copy of `generation` whose log position is `applied`.
+    pub(crate) fn new(generation: Arc<str>, applied: u64) -> Self {
         Self {
-            epoch,
+            generation,
             applied,
             order: indexset::BTreeMap::new(),
             users: HashMap::new(),
@@ -61,8 +61,8 @@ impl Mirror {
     }
 
     /// The board generation this copy belongs to.
-    pub(crate) fn epoch(&self) -> &Arc<str> {
-        &self.epoch
+    pub(crate) fn generation(&self) -> &Arc<str> {
+        &self.generation
     }
 
     /// The last change-log entry applied.
@@ -71,9 +71,9 @@ impl Mirror {
     }
 
     /// Whether this copy includes everything Redis held at log position
-    /// `version` of generation `epoch`.
-    pub(crate) fn covers(&self, epoch: &str, version: u64) -> bool {
-        *self.epoch == *epoch && self.applied >= version
+    /// `version` of `generation`.
+    pub(crate) fn covers(&self, generation: &str, version: u64) -> bool {
+        *self.generation == *generation && self.applied >= version
     }
 
     /// Records that log entries up to `version` are applied.
