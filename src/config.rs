@@ -33,6 +33,20 @@ pub struct Config {
     #[arg(long, env = "ROSTER_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// The staleness bound: cached answers (users, stats, the board) are
+    /// served only while a delivery round that began less than this long ago
+    /// found Redis holding every committed change; otherwise reads go to the
+    /// database. A write acknowledged by any replica is seen by every read
+    /// that starts this long after it, on every replica.
+    #[arg(long, env = "ROSTER_CACHE_STALENESS_BOUND", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub cache_staleness_bound: Duration,
+
+    /// How often a delivery round checks the database's cache outbox against
+    /// Redis (Postgres also wakes it at every commit). Must be well below
+    /// the staleness bound.
+    #[arg(long, env = "ROSTER_CACHE_SYNC_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub cache_sync_interval: Duration,
+
     /// Keep a copy of the leaderboard in this process and answer board reads
     /// from it, checked against Redis on every read (see README). `false`
     /// answers every board read with a Redis script instead: slower, and no

@@ -2,7 +2,11 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordVerifier as _, Version};
@@ -67,11 +71,18 @@ impl fmt::Debug for PasswordHash {
 
 /// Hashes passwords on tokio's blocking pool. A semaphore keeps at most
 /// `concurrency` hashes in flight (one per core by default); the excess
-/// waits, but never past the call's deadline.
+/// waits in line, but a call whose deadline would pass before its turn and
+/// its own hash are over is refused at once (RESOURCE_EXHAUSTED with a
+/// retry delay), instead of waiting its deadline out.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
     permits: Arc<Semaphore>,
+    slots: usize,
+    /// Calls waiting for a slot now.
+    waiting: Arc<AtomicUsize>,
+    /// How long one hash takes, a moving average in microseconds.
+    hash_micros: Arc<AtomicU64>,
     /// A hash of a random password under the current policy: unknown users
     /// are checked against it so that they cost what a real user costs.
     dummy: PasswordHash,
@@ -112,16 +123,22 @@ impl PasswordHasher {
             None,
         )
         .map_err(Error::internal)?;
+        let slots = concurrency.max(1);
         let mut hasher = Self {
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(slots)),
+            slots,
+            waiting: Arc::default(),
+            hash_micros: Arc::default(),
             dummy: PasswordHash(String::new()),
             memory: Arc::default(),
         };
         let random = SaltString::generate(&mut OsRng);
+        let began = std::time::Instant::now();
         hasher.dummy = hasher
             .hash_bytes(random.as_str().as_bytes())
             .map_err(Error::internal)?;
+        hasher.note_hash_time(began.elapsed());
         Ok(hasher)
     }
 
@@ -231,27 +248,90 @@ impl PasswordHasher {
         }
     }
 
-    /// Runs `work` on the blocking pool once a hashing slot is free, waiting
-    /// no later than `deadline`.
+    /// Hashing slots: hashes that may run at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Slots in use now.
+    pub fn busy(&self) -> usize {
+        self.slots.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Calls waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The moving average of one hash's duration.
+    pub fn hash_time(&self) -> Duration {
+        Duration::from_micros(self.hash_micros.load(Ordering::Relaxed))
+    }
+
+    fn note_hash_time(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // An exponential moving average (1/8 weight for the new value);
+        // races between threads only lose a sample.
+        let old = self.hash_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
+        self.hash_micros.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// How long a call arriving now would wait for a slot: every hash ahead
+    /// of it in line, `slots` at a time.
+    fn expected_wait(&self) -> Duration {
+        let free = self.permits.available_permits();
+        let ahead = self.waiting().saturating_sub(free) + usize::from(free == 0);
+        let rounds = u32::try_from(ahead.div_ceil(self.slots)).unwrap_or(u32::MAX);
+        self.hash_time().saturating_mul(rounds)
+    }
+
+    /// Runs `work` on the blocking pool once a hashing slot is free. A call
+    /// that could not get its turn and its hash done before `deadline` is
+    /// refused at once, with the expected wait as its retry delay.
     async fn off_runtime<T, F>(&self, deadline: Option<Instant>, work: F) -> Result<T, Error>
     where
         F: FnOnce(&Self) -> Result<T, Error> + Send + 'static,
         T: Send + 'static,
     {
-        let acquire = Arc::clone(&self.permits).acquire_owned();
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                .await
-                .map_err(|_| Error::HashingSaturated)?,
-            None => acquire.await,
+        let wait = self.expected_wait();
+        if let Some(deadline) = deadline {
+            let needed = wait.saturating_add(self.hash_time());
+            if Instant::now() + needed > deadline {
+                return Err(Error::HashingSaturated {
+                    retry_after: wait.max(self.hash_time()),
+                });
+            }
         }
-        .map_err(Error::internal)?;
+        let acquire = Arc::clone(&self.permits).acquire_owned();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = match deadline {
+            // The turn must come early enough for the hash itself to finish.
+            Some(deadline) => {
+                let latest = deadline.checked_sub(self.hash_time()).unwrap_or(deadline);
+                tokio::time::timeout_at(latest, acquire).await.ok()
+            }
+            None => Some(acquire.await),
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = acquired
+            .ok_or_else(|| Error::HashingSaturated {
+                retry_after: self.expected_wait().max(self.hash_time()),
+            })?
+            .map_err(Error::internal)?;
         let hasher = self.clone();
         // The permit moves into the blocking task: if the caller goes away the
         // work still finishes, and the slot stays taken until it does.
         spawn_blocking_with_tracing(move || {
             let _permit = permit;
-            work(&hasher)
+            let began = std::time::Instant::now();
+            let result = work(&hasher);
+            hasher.note_hash_time(began.elapsed());
+            result
         })
         .await
         .map_err(Error::internal)?

@@ -29,6 +29,14 @@ pub enum Error {
     /// The database could not be reached, or stayed busy past its timeout.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sea_orm::DbErr),
+    /// The database's storage is full (SQLITE_FULL, Postgres 53100): the
+    /// write was rolled back.
+    #[error("database storage full")]
+    StorageFull(#[source] sea_orm::DbErr),
+    /// The database's storage failed (I/O error, read-only, cannot open,
+    /// corrupt): the write may or may not have been stored.
+    #[error("database storage failing")]
+    StorageFailed(#[source] sea_orm::DbErr),
     /// Too many consecutive failed password checks for this account.
     #[error("too many failed attempts")]
     TooManyAttempts {
@@ -41,9 +49,12 @@ pub enum Error {
     /// A concurrent write changed the record this call was updating.
     #[error("concurrent update")]
     ConcurrentUpdate,
-    /// Every password-hashing slot stayed busy until the call's deadline.
+    /// No password-hashing slot would free up before the call's deadline.
     #[error("password hashing capacity exhausted")]
-    HashingSaturated,
+    HashingSaturated {
+        /// When a slot is expected to be free.
+        retry_after: std::time::Duration,
+    },
     /// A fault on our side; details go to the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn StdError + Send + Sync>),
@@ -100,6 +111,20 @@ impl From<Error> for tonic::Status {
                 "the database is unavailable; retry later".to_owned(),
                 info("DATABASE_UNAVAILABLE"),
             ),
+            // gRPC's own definition of RESOURCE_EXHAUSTED names "the entire
+            // file system is out of space".
+            Error::StorageFull(_) => (
+                Code::ResourceExhausted,
+                "the database's storage is full; nothing was written".to_owned(),
+                info("STORAGE_FULL"),
+            ),
+            Error::StorageFailed(_) => (
+                Code::Unavailable,
+                "the database's storage is failing; the write may not have been stored, \
+                 retry with the same request_id"
+                    .to_owned(),
+                info("STORAGE_UNAVAILABLE"),
+            ),
             Error::TooManyAttempts { retry_after } => {
                 let mut details = info("TOO_MANY_FAILED_ATTEMPTS");
                 details.set_retry_info(Some(*retry_after));
@@ -119,21 +144,26 @@ impl From<Error> for tonic::Status {
                 "the user changed concurrently; retry".to_owned(),
                 info("CONCURRENT_UPDATE"),
             ),
-            Error::HashingSaturated => (
-                Code::ResourceExhausted,
-                "the server is busy; retry later".to_owned(),
-                info("HASHING_CAPACITY_EXHAUSTED"),
-            ),
+            Error::HashingSaturated { retry_after } => {
+                let mut details = info("HASHING_CAPACITY_EXHAUSTED");
+                details.set_retry_info(Some(*retry_after));
+                (
+                    Code::ResourceExhausted,
+                    "the server is busy hashing passwords; retry later".to_owned(),
+                    details,
+                )
+            }
             Error::Internal(_) => (
                 Code::Internal,
                 "internal error".to_owned(),
                 info("INTERNAL"),
             ),
         };
-        match code {
-            Code::Internal | Code::Unavailable => {
+        match &error {
+            Error::Internal(_) | Error::DatabaseUnavailable(_) => {
                 tracing::error!(error = %Chain(&error), "request failed");
             }
+            // The store logs storage episodes once, not once per call.
             _ => tracing::debug!(error = %Chain(&error), "request refused"),
         }
         tonic::Status::with_error_details(code, message, details)

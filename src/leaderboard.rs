@@ -1,8 +1,6 @@
 //! The stats and leaderboard use cases: recording games, reading stats and
 //! ranks, paging the board, and keeping the Redis copy of the board exact.
 
-use std::time::Duration;
-
 use chrono::Utc;
 
 use crate::{
@@ -18,12 +16,6 @@ use crate::{
 
 /// How long RecordGame idempotency records are kept, at least.
 pub const REQUEST_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-/// How often expired idempotency records are deleted.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-/// Ranked users read from the database per snapshot query during a rebuild.
-const SNAPSHOT_PAGE: u64 = 2_000;
-/// Ranked users sent to Redis per script call during a rebuild.
-const LOAD_BATCH: usize = 250;
 
 /// A user's stats with their current 1-based rank (0 = no game yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +58,10 @@ impl Leaderboard {
         &self.board
     }
 
-    /// Adds one game to the user's stats (one transaction), then applies it
-    /// to Redis before answering, so every later read reflects it. A retry
-    /// with a known `request_id` replays the first call's stats.
+    /// Adds one game to the user's stats (one transaction, which also
+    /// records the change in the cache outbox), then applies it to Redis
+    /// before answering, so every later read reflects it. A retry with a
+    /// known `request_id` replays the first call's stats.
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn record_game(
         &self,
@@ -80,13 +73,24 @@ impl Leaderboard {
         let user = self.users.get(name.clone()).await?;
         let recorded = self
             .store
-            .record_game(&user, outcome, score, request_id.as_ref(), Utc::now())
+            .record_game(
+                name.key(),
+                &user,
+                outcome,
+                score,
+                request_id.as_ref(),
+                Utc::now(),
+            )
             .await?;
         match recorded {
-            Recorded::New { stats, position } => {
+            Recorded::New {
+                stats,
+                position,
+                seq,
+            } => {
                 #[cfg(feature = "failpoints")]
                 crate::failpoint::hit("record-before-board", name.key().as_str()).await;
-                let rank = match self.board.record(name.key(), &stats, position).await {
+                let rank = match self.board.record(name.key(), &stats, position, seq).await {
                     Some(rank) => rank,
                     None => self.store.rank_of(position).await?,
                 };
@@ -182,88 +186,9 @@ impl Leaderboard {
         Ok(RankedStats { stats, rank })
     }
 
-    /// Runs for the life of the server: rebuilds the Redis board whenever it
-    /// is missing or untrusted (at start, after a failed update, after a
-    /// reconnect), keeps this process's copy of it current, and prunes
-    /// expired idempotency records every hour.
+    /// Keeps this process's copy of the board current, for the life of
+    /// the server (the Redis board itself is kept by `crate::delivery`).
     pub async fn maintain(self) {
-        if self.board.is_enabled() {
-            self.board.distrust();
-        }
-        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let rebuild_and_prune = async {
-            loop {
-                tokio::select! {
-                    () = self.board.rebuild_requested() => self.rebuild_until_trusted().await,
-                    _ = prune.tick() => self.prune().await,
-                }
-            }
-        };
-        tokio::join!(rebuild_and_prune, self.board.keep_copy());
-    }
-
-    async fn rebuild_until_trusted(&self) {
-        let mut delay = Duration::from_millis(50);
-        while !self.board.is_trusted() {
-            match self.rebuild().await {
-                Ok(Some(users)) => {
-                    tracing::info!(users, "leaderboard rebuilt in redis; reads use it again");
-                    return;
-                }
-                Ok(None) => tracing::debug!("board changed during the rebuild; again"),
-                Err(error) => {
-                    tracing::debug!(%error, "leaderboard rebuild failed; retrying");
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// One rebuild: empty the set, load a consistent snapshot of the
-    /// database taken after the emptying, mark it ready. Updates committed
-    /// after the snapshot reach Redis after the emptying and merge
-    /// forward-only, so none is lost. `Ok(None)` when trust was withdrawn
-    /// meanwhile.
-    ///
-    /// The snapshot is loaded best first, so Redis allocates neighbouring
-    /// entries of the sorted set next to each other: a window read then walks
-    /// memory that is mostly contiguous. Measured with roster-bench on 100k
-    /// users, this took ListLeaderboardAroundUser's ZREVRANGE from about 8 µs
-    /// to about 4 µs (loading in name order scattered the entries).
-    async fn rebuild(&self) -> Result<Option<usize>, Box<dyn std::error::Error + Send + Sync>> {
-        let rebuild = self.board.begin_rebuild().await?;
-        let mut snapshot = self.store.board_snapshot().await?;
-        let mut users = 0;
-        loop {
-            let rows = snapshot.next_page(SNAPSHOT_PAGE).await?;
-            users += rows.len();
-            for batch in rows.chunks(LOAD_BATCH) {
-                self.board
-                    .load(
-                        batch
-                            .iter()
-                            .map(|row| (row.name_key.as_str(), row.stats(), row.position())),
-                    )
-                    .await?;
-            }
-            if (rows.len() as u64) < SNAPSHOT_PAGE {
-                break;
-            }
-        }
-        snapshot.close().await?;
-        Ok(self.board.finish_rebuild(rebuild).await?.then_some(users))
-    }
-
-    async fn prune(&self) {
-        let before = Utc::now() - REQUEST_RETENTION;
-        match self.store.prune_record_game_requests(before).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "expired RecordGame request ids pruned"),
-            Err(error) => {
-                tracing::warn!(error = %crate::error::Chain(&error), "pruning request ids failed")
-            }
-        }
+        self.board.keep_copy().await;
     }
 }

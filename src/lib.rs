@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod config;
 pub mod credentials;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 #[cfg(feature = "failpoints")]

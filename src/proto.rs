@@ -63,5 +63,19 @@ mod convert {
 
 pub use convert::MalformedUser;
 
+/// A user in its stored wire form (cache values, idempotency records):
+/// public fields only.
+pub fn encode_user(user: &crate::domain::User) -> Vec<u8> {
+    prost::Message::encode_to_vec(&roster::v1::User::from(user))
+}
+
+/// A user back from [`encode_user`]'s form; `None` when it is not one.
+pub fn decode_user(bytes: &[u8]) -> Option<crate::domain::User> {
+    <roster::v1::User as prost::Message>::decode(bytes)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 mod leaderboard;
 pub use leaderboard::{stats_from_wire, stats_to_wire};

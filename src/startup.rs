@@ -1,17 +1,22 @@
 //! Builds the application (listener, database, cache, services) and runs it
 //! until a shutdown signal, then drains within a deadline.
 
-use std::{error::Error as StdError, future::Future, net::SocketAddr, time::Duration};
+use std::{error::Error as StdError, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, oneshot},
+    task::JoinHandle,
+};
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    cache::{Redis, UserCache, board::BoardCache},
+    cache::{Freshness, Redis, UserCache, board::BoardCache, outbox::OutboxCache},
     config::Config,
     credentials::{HashPolicy, PasswordHasher},
+    delivery::Delivery,
     grpc::{LeaderboardServiceImpl, UserServiceImpl},
     leaderboard::Leaderboard,
     proto::{
@@ -42,6 +47,7 @@ pub struct Application {
     redis: Option<Redis>,
     users: Users,
     leaderboard: Leaderboard,
+    delivery: Delivery,
 }
 
 impl Application {
@@ -65,7 +71,12 @@ impl Application {
             redis.wait_connected(Duration::from_secs(1)).await;
             Some(redis)
         };
-        let cache = UserCache::new(redis.clone(), config.cache_ttl);
+        let freshness = Arc::new(Freshness::new(config.cache_staleness_bound));
+        if let Some(redis) = &redis {
+            redis.close_on_reconnect(&freshness);
+        }
+        let attention = Arc::new(Notify::new());
+        let cache = UserCache::new(redis.clone(), config.cache_ttl, Arc::clone(&freshness));
         let throttle = Throttle::new(
             redis.clone(),
             ThrottlePolicy {
@@ -75,7 +86,20 @@ impl Application {
             },
         );
         let listener = TcpListener::bind(config.listen_addr).await?;
-        let board = BoardCache::new(redis.clone(), config.board_copy);
+        let board = BoardCache::new(
+            redis.clone(),
+            Arc::clone(&freshness),
+            Arc::clone(&attention),
+            config.board_copy,
+        );
+        let delivery = Delivery::new(
+            store.clone(),
+            board.clone(),
+            redis.clone().map(OutboxCache::new),
+            freshness,
+            attention,
+            config.cache_sync_interval,
+        );
         let users = Users::new(store.clone(), cache, board.clone(), throttle, hasher);
         let leaderboard = Leaderboard::new(store.clone(), board, users.clone());
         Ok(Self {
@@ -85,6 +109,7 @@ impl Application {
             redis,
             users,
             leaderboard,
+            delivery,
         })
     }
 
@@ -113,6 +138,7 @@ impl Application {
             redis,
             users,
             leaderboard,
+            delivery,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -123,8 +149,11 @@ impl Application {
         let leaderboard_service =
             LeaderboardServiceServer::new(LeaderboardServiceImpl::new(leaderboard.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES);
-        // Rebuilds the Redis board when needed and prunes request ids.
-        let maintenance = tokio::spawn(leaderboard.maintain());
+        // Keeps this process's board copy current; delivers the cache outbox
+        // (and rebuilds the Redis board when it is missing, and prunes).
+        let maintenance = tokio::spawn(async move {
+            tokio::join!(leaderboard.maintain(), delivery.run());
+        });
 
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -9,10 +9,10 @@ use tokio::time::Instant;
 use crate::{
     cache::{UserCache, board::BoardCache},
     credentials::{PasswordHash, PasswordHasher},
-    domain::{NameKey, PageSize, Password, User, UserCursor, UserName},
+    domain::{NameKey, PageSize, Password, RequestId, User, UserCursor, UserMethod, UserName},
     error::Error,
     single_flight::SingleFlight,
-    store::Store,
+    store::{Store, Written},
     throttle::Throttle,
 };
 
@@ -47,24 +47,77 @@ impl Users {
     }
 
     /// Registers a user: hash (within `deadline`), insert (the UNIQUE index
-    /// decides duplicates), then fill the cache so the user is readable at once.
+    /// decides duplicates), then fill the cache so the user is readable at
+    /// once. A retry with the `request_id` of a call that committed gets
+    /// that call's user, even though the name is now taken.
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn create(
         &self,
         name: UserName,
         password: Password,
+        request: Option<RequestId>,
         deadline: Option<Instant>,
     ) -> Result<User, Error> {
+        if let Some(user) = self
+            .replayed_user(UserMethod::CreateUser, request.as_ref(), name.key())
+            .await?
+        {
+            return Ok(user);
+        }
         let hash = self.hasher.hash(password, deadline).await?;
         // The lease is taken before the commit: a delete committed after ours
         // voids it, so this fill cannot resurrect a deleted user.
         let lease = self.cache.lease(name.key()).await;
-        let user = self.store.insert_user(&name, &hash, Utc::now()).await?;
-        if let Some(token) = lease {
-            self.cache.fill(name.key(), &user, &token).await;
+        let written = self
+            .store
+            .insert_user(&name, &hash, Utc::now(), request.as_ref())
+            .await?;
+        match written {
+            Written::New { value: user, seq } => {
+                self.cache.created(name.key(), &user, lease, seq).await;
+                tracing::info!(user_id = %user.id, "user created");
+                Ok(user)
+            }
+            Written::Replayed(user) => Ok(user),
         }
-        tracing::info!(user_id = %user.id, "user created");
-        Ok(user)
+    }
+
+    /// The first call's stored result for a retried `request`, if it
+    /// committed; INVALID_ARGUMENT when that call was about another user.
+    async fn replayed(
+        &self,
+        method: UserMethod,
+        request: Option<&RequestId>,
+        key: &NameKey,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Some(request) = request else {
+            return Ok(None);
+        };
+        let Some((first_key, result)) = self.store.find_user_request(method, request).await? else {
+            return Ok(None);
+        };
+        if first_key != *key {
+            return Err(Error::InvalidArgument(vec![
+                RequestId::reused().on("request_id"),
+            ]));
+        }
+        tracing::debug!("request_id seen before; replaying the first result");
+        Ok(Some(result))
+    }
+
+    /// The first call's user for a retried `request`, if it committed.
+    async fn replayed_user(
+        &self,
+        method: UserMethod,
+        request: Option<&RequestId>,
+        key: &NameKey,
+    ) -> Result<Option<User>, Error> {
+        match self.replayed(method, request, key).await? {
+            Some(result) => crate::proto::decode_user(&result)
+                .map(Some)
+                .ok_or_else(|| Error::internal("undecodable user_requests.result")),
+            None => Ok(None),
+        }
     }
 
     /// Reads a user through the cache: a hit is served from Redis; concurrent
@@ -113,7 +166,7 @@ impl Users {
             // update_time is left alone: the user did not change anything.
             match self
                 .store
-                .replace_password_hash(&user, &old_hash, &upgraded, false)
+                .replace_password_hash(name.key(), &user, &old_hash, &upgraded, None)
                 .await
             {
                 Ok(Some(_)) => tracing::info!("password hash upgraded to the current policy"),
@@ -129,28 +182,42 @@ impl Users {
 
     /// Replaces a password after checking the current one (throttled like
     /// [`Self::verify_password`]); invalidates the cache entry after commit.
+    /// A retry with the `request_id` of a call that committed gets that
+    /// call's user (its current password is no longer the one sent).
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn change_password(
         &self,
         name: UserName,
         current: Password,
         new: Password,
+        request: Option<RequestId>,
         deadline: Option<Instant>,
     ) -> Result<User, Error> {
         let key = name.key();
+        if let Some(user) = self
+            .replayed_user(UserMethod::ChangePassword, request.as_ref(), key)
+            .await?
+        {
+            return Ok(user);
+        }
         let (user, old_hash, _) = self
             .check_password(key, current, deadline)
             .await?
             .ok_or(Error::InvalidCredentials)?;
         let new_hash = self.hasher.hash(new, deadline).await?;
-        let updated = self
+        let written = self
             .store
-            .replace_password_hash(&user, &old_hash, &new_hash, true)
-            .await?;
-        self.cache.invalidate(key).await;
-        let user = updated.ok_or(Error::ConcurrentUpdate)?;
-        tracing::info!(user_id = %user.id, "password changed");
-        Ok(user)
+            .replace_password_hash(key, &user, &old_hash, &new_hash, Some(request.as_ref()))
+            .await?
+            .ok_or(Error::ConcurrentUpdate)?;
+        match written {
+            Written::New { value: user, seq } => {
+                self.cache.invalidate(key, seq).await;
+                tracing::info!(user_id = %user.id, "password changed");
+                Ok(user)
+            }
+            Written::Replayed(user) => Ok(user),
+        }
     }
 
     /// The throttled password check behind VerifyPassword and ChangePassword:
@@ -180,19 +247,32 @@ impl Users {
     }
 
     /// Deletes a user and everything that belongs to them; the name is free
-    /// again at once. Invalidates the cache entry after commit.
+    /// again at once. Invalidates the cache entry and removes the board
+    /// entry after commit. A retry with the `request_id` of a call that
+    /// committed succeeds again instead of answering NOT_FOUND.
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
-    pub async fn delete(&self, name: UserName) -> Result<(), Error> {
-        let deleted = self.store.delete_user(name.key()).await?;
-        self.cache.invalidate(name.key()).await;
-        // The database rows went with the cascade; the Redis board entry goes
-        // here (a failure withdraws trust in the board until it is rebuilt).
-        self.board.remove(name.key(), deleted).await;
-        if deleted.is_some() {
-            tracing::info!("user deleted");
-            Ok(())
-        } else {
-            Err(Error::UserNotFound)
+    pub async fn delete(&self, name: UserName, request: Option<RequestId>) -> Result<(), Error> {
+        let key = name.key();
+        if self
+            .replayed(UserMethod::DeleteUser, request.as_ref(), key)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        match self.store.delete_user(key, request.as_ref()).await? {
+            Some(Written::New { value: id, seq }) => {
+                // The database rows went with the cascade. The change is
+                // marked delivered only once both the cached user and the
+                // board entry are gone; otherwise a delivery round does it.
+                let forgotten = self.cache.forget(key).await;
+                let seq = if forgotten { seq } else { 0 };
+                self.board.remove(key, id, seq).await;
+                tracing::info!(user_id = %id, "user deleted");
+                Ok(())
+            }
+            Some(Written::Replayed(_)) => Ok(()),
+            None => Err(Error::UserNotFound),
         }
     }
 

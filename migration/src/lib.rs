@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_users;
 mod m20261126_000001_create_leaderboard;
+mod m20261201_000001_create_outbox;
 
 /// Every migration Roster has ever shipped, oldest first.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_users::Migration),
             Box::new(m20261126_000001_create_leaderboard::Migration),
+            Box::new(m20261201_000001_create_outbox::Migration),
         ]
     }
 }

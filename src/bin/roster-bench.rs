@@ -705,6 +705,7 @@ fn main() {
                         .create_user(pb::CreateUserRequest {
                             name: name_of(i),
                             password: "correct horse battery staple".into(),
+                            ..Default::default()
                         })
                         .await
                         .map(drop)

@@ -1,8 +1,11 @@
 //! Redis (fred): one fail-open connection shared by the user cache, the
-//! leaderboard's sorted set and the login throttle, plus the Lua script
-//! runner they use. A Redis failure never fails a call.
+//! leaderboard's sorted set, the outbox delivery marks and the login
+//! throttle, plus the Lua script runner they use, and the freshness gate in
+//! front of every cached answer. A Redis failure never fails a call.
 
 pub mod board;
+mod freshness;
+pub mod outbox;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -14,6 +17,7 @@ use fred::prelude::{
 
 use crate::telemetry::LogThrottle;
 
+pub use freshness::{Freshness, Round};
 pub use users::{UserCache, lease_key, user_key};
 
 /// A Redis connection that is used only while it is up. Cheap to clone.
@@ -78,6 +82,17 @@ impl Redis {
         {
             tracing::warn!(?timeout, "redis not reachable yet; serving without it");
         }
+    }
+
+    /// Closes `freshness` on every (re)connection: the Redis we reach now
+    /// may have lost writes (a restart, a failover) until a delivery round
+    /// has checked it.
+    pub fn close_on_reconnect(&self, freshness: &Arc<Freshness>) {
+        let freshness = Arc::clone(freshness);
+        self.client.on_reconnect(move |_| {
+            freshness.withdraw();
+            async { Ok(()) }
+        });
     }
 
     /// Closes the connection.

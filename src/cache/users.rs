@@ -7,24 +7,19 @@
 //! under a companion key); a fill stores the value only if its lease is still
 //! there (one Lua script, atomic in Redis); every write deletes the value and
 //! the lease after commit, which voids any fill that read before it.
+//!
+//! A write whose deletion cannot reach Redis is not remembered here: it is
+//! in the database's outbox, and the next delivery round (on any replica)
+//! deletes the key. Until then this process's freshness gate is closed, so
+//! it reads the database; every read of the cache goes through that gate.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use fred::prelude::{Expiration, KeysInterface, SetOptions};
-use prost::{Message, bytes::Bytes};
+use prost::bytes::Bytes;
 
-use super::{Redis, Script};
-use crate::{
-    domain::{NameKey, User},
-    proto::roster::v1 as pb,
-};
+use super::{Freshness, Redis, Script, outbox::OutboxCache};
+use crate::domain::{NameKey, User};
 
 /// How long a lease lives: longer than any database read should take.
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -41,7 +36,7 @@ pub fn lease_key(key: &NameKey) -> String {
 }
 
 /// Stores ARGV[2] under KEYS[1] for ARGV[3] seconds only if KEYS[2] (the
-/// lease) still holds ARGV[1]; consumes the lease.
+/// lease) still holds ARGV[1]; consumes the lease. Returns 1 when stored.
 static GUARDED_FILL: Script = Script::new(
     r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
@@ -57,38 +52,31 @@ return 0",
 pub struct UserCache {
     redis: Option<Redis>,
     ttl: Duration,
-    /// Invalidations that failed (Redis unreachable) and must reach Redis
-    /// before it is trusted again: a value cached before the write could
-    /// otherwise outlive it.
-    pending: Arc<Pending>,
-}
-
-#[derive(Default)]
-struct Pending {
-    any: AtomicBool,
-    keys: Mutex<HashSet<String>>,
+    freshness: Arc<Freshness>,
 }
 
 impl UserCache {
-    /// A cache over `redis` (or none) with entries living `ttl`.
-    pub fn new(redis: Option<Redis>, ttl: Duration) -> Self {
+    /// A cache over `redis` (or none) with entries living `ttl`, read only
+    /// while `freshness` is open.
+    pub fn new(redis: Option<Redis>, ttl: Duration, freshness: Arc<Freshness>) -> Self {
         Self {
             redis,
             ttl,
-            pending: Arc::default(),
+            freshness,
         }
     }
 
-    /// The cached user, or `None` on a miss, a Redis error or a timeout.
+    /// The cached user, or `None` on a miss, a Redis error, a timeout, or
+    /// while Redis may lack a committed change (the freshness gate).
     pub async fn get(&self, key: &NameKey) -> Option<User> {
         let redis = self.redis.as_ref()?;
-        if !self.flush_pending(redis).await {
+        if !self.freshness.is_fresh() {
             return None;
         }
         let client = redis.connected()?;
         match client.get::<Option<Bytes>, _>(user_key(key)).await {
             Ok(Some(bytes)) => {
-                let user = decode(&bytes);
+                let user = crate::proto::decode_user(&bytes);
                 if user.is_none() {
                     redis.warn("undecodable cache entry; treated as a miss", None);
                 }
@@ -128,16 +116,17 @@ impl UserCache {
     }
 
     /// Stores `user` under `key` if the lease `token` was not voided by a
-    /// write since it was taken. Failures are logged only.
-    pub async fn fill(&self, key: &NameKey, user: &User, token: &str) {
+    /// write since it was taken. Returns whether it was stored; failures
+    /// are logged only.
+    pub async fn fill(&self, key: &NameKey, user: &User, token: &str) -> bool {
         let Some(redis) = self.redis.as_ref() else {
-            return;
+            return false;
         };
         let Some(client) = redis.connected() else {
-            return;
+            return false;
         };
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-        let value = Bytes::from(pb::User::from(user).encode_to_vec());
+        let value = Bytes::from(crate::proto::encode_user(user));
         let keys = vec![user_key(key), lease_key(key)];
         #[cfg(feature = "failpoints")]
         if crate::failpoint::is_unguarded(key.as_str()) {
@@ -145,75 +134,70 @@ impl UserCache {
             let _: Result<(), _> = client
                 .set(&keys[0], value, Some(Expiration::EX(ttl)), None, false)
                 .await;
-            return;
+            return true;
         }
         let args: Vec<fred::types::Value> = vec![token.into(), value.into(), ttl.into()];
         let result: Result<i64, _> = GUARDED_FILL.eval(client, keys, args).await;
-        if let Err(error) = result {
-            redis.warn("redis fill failed; cache not filled", Some(&error));
-        }
-    }
-
-    /// Deletes the entry and voids its lease; call it after every committed
-    /// write. If Redis cannot be reached the key is remembered, and the cache
-    /// is bypassed until the deletion has gone through.
-    pub async fn invalidate(&self, key: &NameKey) {
-        let Some(redis) = self.redis.as_ref() else {
-            return;
-        };
-        let user_key = user_key(key);
-        if !self
-            .delete(redis, vec![user_key.clone(), lease_key(key)])
-            .await
-        {
-            let mut keys = self.pending.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.insert(user_key);
-            self.pending.any.store(true, Ordering::Release);
-        }
-    }
-
-    /// Retries failed invalidations; `true` when none are left.
-    async fn flush_pending(&self, redis: &Redis) -> bool {
-        if !self.pending.any.load(Ordering::Acquire) {
-            return true;
-        }
-        let keys: Vec<String> = {
-            let keys = self.pending.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter().cloned().collect()
-        };
-        if !self.delete(redis, keys.clone()).await {
-            return false;
-        }
-        let mut pending = self.pending.keys.lock().unwrap_or_else(|e| e.into_inner());
-        for key in &keys {
-            pending.remove(key);
-        }
-        if pending.is_empty() {
-            self.pending.any.store(false, Ordering::Release);
-            tracing::info!(count = keys.len(), "pending cache invalidations delivered");
-        }
-        pending.is_empty()
-    }
-
-    async fn delete(&self, redis: &Redis, keys: Vec<String>) -> bool {
-        if keys.is_empty() {
-            return true;
-        }
-        let Some(client) = redis.connected() else {
-            return false;
-        };
-        // One DEL per key: in Redis Cluster the keys may live in different slots.
-        for key in keys {
-            let result: Result<i64, _> = client.del(key).await;
-            if let Err(error) = result {
-                redis.warn("redis invalidation failed; will retry", Some(&error));
-                return false;
+        match result {
+            Ok(stored) => stored == 1,
+            Err(error) => {
+                redis.warn("redis fill failed; cache not filled", Some(&error));
+                false
             }
         }
-        true
     }
-}
 
-fn decode(bytes: &[u8]) -> Option<User> {
-    pb::User::decode(bytes).ok()?.try_into().ok()
+    /// After a committed create (outbox number `seq`): fills the cache with
+    /// the new user under the lease taken before the commit, or else deletes
+    /// whatever the key held; then marks `seq` delivered.
+    pub async fn created(&self, key: &NameKey, user: &User, lease: Option<String>, seq: u64) {
+        let filled = match &lease {
+            Some(token) => self.fill(key, user, token).await,
+            None => false,
+        };
+        if filled {
+            self.mark(seq).await;
+        } else {
+            self.invalidate(key, seq).await;
+        }
+    }
+
+    /// Deletes the entry and voids its lease after a committed write
+    /// (outbox number `seq`), then marks `seq` delivered. If Redis cannot be
+    /// reached, this process's freshness gate closes until a delivery round
+    /// has delivered the change from the outbox.
+    pub async fn invalidate(&self, key: &NameKey, seq: u64) {
+        if self.forget(key).await {
+            self.mark(seq).await;
+        }
+    }
+
+    /// Deletes the entry and voids its lease; `false` (and this process's
+    /// gate closed) when Redis could not be reached.
+    pub async fn forget(&self, key: &NameKey) -> bool {
+        let Some(redis) = self.redis.clone() else {
+            return true;
+        };
+        match OutboxCache::new(redis.clone()).forget_users(&[key]).await {
+            Ok(()) => true,
+            Err(error) => {
+                redis.warn(
+                    "redis invalidation failed; it will be delivered",
+                    Some(&error),
+                );
+                self.freshness.withdraw();
+                false
+            }
+        }
+    }
+
+    /// Marks outbox number `seq` delivered (best effort: a delivery round
+    /// does it otherwise).
+    async fn mark(&self, seq: u64) {
+        if let Some(redis) = self.redis.clone()
+            && let Err(error) = OutboxCache::new(redis.clone()).mark(seq).await
+        {
+            redis.warn("redis delivery mark failed", Some(&error));
+        }
+    }
 }

@@ -62,40 +62,6 @@ impl Score {
     }
 }
 
-/// A caller-chosen idempotency key for RecordGame: 1 to 64 bytes, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(String);
-
-impl RequestId {
-    /// The longest accepted key, in bytes.
-    pub const MAX_BYTES: usize = 64;
-
-    /// `None` for an empty key (no idempotency), else the checked key.
-    pub fn parse(raw: &str) -> Result<Option<Self>, Invalid> {
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        if raw.len() > Self::MAX_BYTES {
-            return Err(Invalid::new(
-                "REQUEST_ID_TOO_LONG",
-                format!("request_id must be at most {} bytes", Self::MAX_BYTES),
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(Invalid::new(
-                "REQUEST_ID_INVALID_CHARACTER",
-                "request_id must not contain control characters",
-            ));
-        }
-        Ok(Some(Self(raw.to_owned())))
-    }
-
-    /// The key as sent.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Board page sizes: the shared [`PageSize`] with the board's default and cap.
 impl PageSize {
     /// Larger board requests are lowered to this.
@@ -418,14 +384,6 @@ mod tests {
         assert_eq!(Outcome::parse(1), Ok(Outcome::Win));
         assert_eq!(Outcome::parse(0).unwrap_err().reason, "OUTCOME_REQUIRED");
         assert_eq!(Outcome::parse(9).unwrap_err().reason, "OUTCOME_UNKNOWN");
-    }
-
-    #[test]
-    fn request_ids_are_optional_and_at_most_64_bytes() {
-        assert_eq!(RequestId::parse("").unwrap(), None);
-        assert!(RequestId::parse(&"x".repeat(64)).unwrap().is_some());
-        assert!(RequestId::parse(&"x".repeat(65)).is_err());
-        assert!(RequestId::parse("a\u{0}b").is_err());
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! Types that are valid by construction: parse once at the edge, trust afterwards. No I/O.
 
+mod change;
 mod leaderboard;
 mod page;
 mod password;
+mod request_id;
 mod user;
 mod user_name;
 
+pub use change::{Change, Committed};
 pub use leaderboard::{
-    BoardEntry, BoardPage, BoardPosition, Outcome, PageToken, RequestId, Score, Stats,
-    StatsOverflow, window_start,
+    BoardEntry, BoardPage, BoardPosition, Outcome, PageToken, Score, Stats, StatsOverflow,
+    window_start,
 };
 pub use page::{PageSize, UserCursor};
 pub use password::{PASSWORD_RULE_VERSION, Password};
+pub use request_id::{RequestId, UserMethod};
 pub use user::User;
 pub use user_name::{NameKey, UserName};
 

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Fields, deadline};
 use crate::{
-    domain::{PageSize, Password, UserCursor, UserName},
+    domain::{PageSize, Password, RequestId, UserCursor, UserName},
     proto::roster::v1::{self as pb, user_service_server::UserService},
     users::Users,
 };
@@ -40,8 +40,12 @@ impl UserService for UserServiceImpl {
             "password",
             Password::parse_new(request.password, name.as_ref()),
         );
-        let (name, password) = fields.finish(name.zip(password))?;
-        let user = self.users.create(name, password, deadline).await?;
+        let request_id = fields.check("request_id", RequestId::parse(&request.request_id));
+        let ((name, password), request_id) = fields.finish(name.zip(password).zip(request_id))?;
+        let user = self
+            .users
+            .create(name, password, request_id, deadline)
+            .await?;
         Ok(Response::new(pb::CreateUserResponse {
             user: Some((&user).into()),
         }))
@@ -91,10 +95,12 @@ impl UserService for UserServiceImpl {
             "new_password",
             Password::parse_new(request.new_password, name.as_ref()),
         );
-        let ((name, current), new) = fields.finish(name.zip(current).zip(new))?;
+        let request_id = fields.check("request_id", RequestId::parse(&request.request_id));
+        let (((name, current), new), request_id) =
+            fields.finish(name.zip(current).zip(new).zip(request_id))?;
         let user = self
             .users
-            .change_password(name, current, new, deadline)
+            .change_password(name, current, new, request_id, deadline)
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {
             user: Some((&user).into()),
@@ -105,8 +111,12 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let name = Fields::one("name", UserName::parse(&request.into_inner().name))?;
-        self.users.delete(name).await?;
+        let request = request.into_inner();
+        let mut fields = Fields::new();
+        let name = fields.check("name", UserName::parse(&request.name));
+        let request_id = fields.check("request_id", RequestId::parse(&request.request_id));
+        let (name, request_id) = fields.finish(name.zip(request_id))?;
+        self.users.delete(name, request_id).await?;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 

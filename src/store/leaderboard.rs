@@ -9,17 +9,20 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait, SqlErr, Statement,
     TransactionTrait, sea_query::OnConflict,
 };
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
     Store, classify,
     entities::{leaderboard_entries as board, record_game_requests as requests, user_stats, users},
+    outbox,
+    write::{WriteHealth, begin_write},
 };
 use crate::{
     domain::{
-        BoardEntry, BoardPage, BoardPosition, Outcome, PageSize, RequestId, Score, Stats, User,
-        window_start,
+        BoardEntry, BoardPage, BoardPosition, Change, NameKey, Outcome, PageSize, RequestId, Score,
+        Stats, User, window_start,
     },
     error::Error,
     proto::{roster::v1 as pb, stats_from_wire, stats_to_wire},
@@ -34,6 +37,8 @@ pub enum Recorded {
         stats: Stats,
         /// The user's (possibly unchanged) place-defining values.
         position: BoardPosition,
+        /// The cache-outbox number of the change.
+        seq: u64,
     },
     /// The request_id was seen before: the first call's stats; nothing counted.
     Replayed(Stats),
@@ -104,22 +109,7 @@ impl BoardSnapshot {
     /// The next up to `limit` ranked users in board order (best first); empty
     /// once every user was read.
     pub async fn next_page(&mut self, limit: u64) -> Result<Vec<SnapshotRow>, Error> {
-        let mut query = user_stats::Entity::find()
-            .select_only()
-            .columns([
-                user_stats::Column::UserId,
-                user_stats::Column::GamesPlayed,
-                user_stats::Column::Wins,
-                user_stats::Column::Losses,
-                user_stats::Column::Draws,
-                user_stats::Column::BestScore,
-                user_stats::Column::TotalScore,
-                user_stats::Column::UpdateTime,
-            ])
-            .columns([users::Column::Name, users::Column::NameKey])
-            .columns([board::Column::Score, board::Column::Seq])
-            .join(JoinType::InnerJoin, user_stats::Relation::User.def())
-            .join(JoinType::InnerJoin, board::Relation::User.def().rev())
+        let mut query = snapshot_query()
             .order_by_desc(board::Column::Score)
             .order_by_asc(board::Column::Seq)
             .limit(limit);
@@ -152,6 +142,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
     pub async fn record_game(
         &self,
+        key: &NameKey,
         user: &User,
         outcome: Outcome,
         score: Score,
@@ -159,6 +150,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Recorded, Error> {
         let game = Game {
+            key: key.clone(),
             user: user.clone(),
             outcome,
             score,
@@ -168,8 +160,14 @@ impl Store {
         if let Some(games) = &self.games {
             return games.record(game).await;
         }
-        let txn = self.writer.begin().await.map_err(classify)?;
-        let recorded = match record_in(&txn, &game, Replays::LookUp).await {
+        self.observed(self.record_one(game)).await
+    }
+
+    /// RecordGame on Postgres: one transaction per game.
+    async fn record_one(&self, game: Game) -> Result<Recorded, Error> {
+        let user = &game.user;
+        let txn = begin_write(&self.writer).await.map_err(classify)?;
+        let mut recorded = match record_in(&txn, &game, Replays::LookUp).await {
             Ok(recorded) => recorded,
             Err(RecordError::Duplicate(error)) => {
                 // Postgres: a concurrent call with the same key committed
@@ -186,6 +184,9 @@ impl Store {
             }
             Err(RecordError::Other(error)) => return Err(error),
         };
+        if let Recorded::New { seq, .. } = &mut recorded {
+            *seq = outbox::append_one(&txn, &Change::Stats(game.key.clone()), game.now).await?;
+        }
         txn.commit().await.map_err(classify)?;
         Ok(recorded)
     }
@@ -264,13 +265,53 @@ impl Store {
     /// Deletes idempotency records created before `before`; returns how many.
     #[tracing::instrument(skip_all)]
     pub async fn prune_record_game_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
-        let result = requests::Entity::delete_many()
-            .filter(requests::Column::CreateTime.lt(before))
-            .exec(&self.writer)
-            .await
-            .map_err(classify)?;
-        Ok(result.rows_affected)
+        self.observed(async {
+            let txn = begin_write(&self.writer).await.map_err(classify)?;
+            let result = requests::Entity::delete_many()
+                .filter(requests::Column::CreateTime.lt(before))
+                .exec(&txn)
+                .await
+                .map_err(classify)?;
+            txn.commit().await.map_err(classify)?;
+            Ok(result.rows_affected)
+        })
+        .await
     }
+
+    /// The current board entries and stats of the ranked users among
+    /// `keys` (users without games, or gone, are simply absent).
+    #[tracing::instrument(skip_all, level = "debug")]
+    pub async fn ranked(&self, keys: &[NameKey]) -> Result<Vec<SnapshotRow>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        snapshot_query()
+            .filter(users::Column::NameKey.is_in(keys.iter().map(NameKey::as_str)))
+            .into_model::<SnapshotRow>()
+            .all(&self.reader)
+            .await
+            .map_err(classify)
+    }
+}
+
+/// Every ranked user's stats, names and board entry (see [`SnapshotRow`]).
+fn snapshot_query() -> sea_orm::Select<user_stats::Entity> {
+    user_stats::Entity::find()
+        .select_only()
+        .columns([
+            user_stats::Column::UserId,
+            user_stats::Column::GamesPlayed,
+            user_stats::Column::Wins,
+            user_stats::Column::Losses,
+            user_stats::Column::Draws,
+            user_stats::Column::BestScore,
+            user_stats::Column::TotalScore,
+            user_stats::Column::UpdateTime,
+        ])
+        .columns([users::Column::Name, users::Column::NameKey])
+        .columns([board::Column::Score, board::Column::Seq])
+        .join(JoinType::InnerJoin, user_stats::Relation::User.def())
+        .join(JoinType::InnerJoin, board::Relation::User.def().rev())
 }
 
 /// How many entries rank ahead of `position`.
@@ -376,14 +417,20 @@ async fn apply_game(
         total_score: Set(after.total_score),
         update_time: Set(now),
     };
+    // No RETURNING in writes (see write.rs).
     if existing.is_some() {
-        user_stats::Entity::update(row).exec(txn).await
+        user_stats::Entity::update(row)
+            .exec(txn)
+            .await
+            .map(drop)
+            .map_err(classify)?;
     } else {
         user_stats::Entity::insert(row)
-            .exec_with_returning(txn)
+            .exec_without_returning(txn)
             .await
+            .map(drop)
+            .map_err(classify)?;
     }
-    .map_err(classify)?;
 
     let position = if moves {
         let seq = next_seq(txn).await?;
@@ -417,16 +464,19 @@ async fn apply_game(
 /// numbers as the transactions commit.
 async fn next_seq(txn: &DatabaseTransaction) -> Result<i64, Error> {
     let backend = txn.get_database_backend();
-    let row = txn
-        .query_one_raw(Statement::from_string(
+    // Read to the end (query_all), never stopped after the first row (see write.rs).
+    let rows = txn
+        .query_all_raw(Statement::from_string(
             backend,
             "UPDATE leaderboard_sequence SET last_value = last_value + 1 \
              WHERE id = 1 RETURNING last_value",
         ))
         .await
-        .map_err(classify)?
-        .ok_or_else(|| Error::internal("leaderboard_sequence has no row"))?;
-    row.try_get("", "last_value").map_err(classify)
+        .map_err(classify)?;
+    rows.first()
+        .ok_or_else(|| Error::internal("leaderboard_sequence has no row"))?
+        .try_get("", "last_value")
+        .map_err(classify)
 }
 
 async fn find_position(
@@ -495,6 +545,7 @@ fn stats_of(user: &User, row: user_stats::Model) -> Stats {
 
 /// One game to record.
 struct Game {
+    key: NameKey,
     user: User,
     outcome: Outcome,
     score: Score,
@@ -554,7 +605,13 @@ async fn record_in(
             );
         }
     }
-    Ok(Recorded::New { stats, position })
+    // The outbox number is assigned when the game's transaction appends
+    // its change, just before the commit.
+    Ok(Recorded::New {
+        stats,
+        position,
+        seq: 0,
+    })
 }
 
 /// The most games one SQLite commit carries.
@@ -572,9 +629,9 @@ pub(crate) struct GameQueue {
 
 impl GameQueue {
     /// Starts the group-commit task on `writer`.
-    pub(crate) fn start(writer: DatabaseConnection) -> Self {
+    pub(crate) fn start(writer: DatabaseConnection, health: Arc<WriteHealth>) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_commit(writer, queue));
+        tokio::spawn(group_commit(writer, health, queue));
         Self { jobs }
     }
 
@@ -592,7 +649,11 @@ impl GameQueue {
 
 type Job = (Game, oneshot::Sender<Result<Recorded, Error>>);
 
-async fn group_commit(writer: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+async fn group_commit(
+    writer: DatabaseConnection,
+    health: Arc<WriteHealth>,
+    mut queue: mpsc::Receiver<Job>,
+) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -601,7 +662,18 @@ async fn group_commit(writer: DatabaseConnection, mut queue: mpsc::Receiver<Job>
                 Err(_) => break,
             }
         }
-        let results = commit_group(&writer, group.iter().map(|(game, _)| game)).await;
+        let games: Vec<&Game> = group.iter().map(|(game, _)| game).collect();
+        let results = match commit_group(&writer, &games).await {
+            Ok(results) => {
+                health.observe(&Ok::<(), Error>(()));
+                results
+            }
+            Err(error) => {
+                let results = (0..games.len()).map(|_| Err(replicate(&error))).collect();
+                health.observe(&Err::<(), _>(error));
+                results
+            }
+        };
         for ((_, reply), result) in group.into_iter().zip(results) {
             // The caller may have gone away (deadline); the game still counts.
             reply.send(result).ok();
@@ -609,84 +681,122 @@ async fn group_commit(writer: DatabaseConnection, mut queue: mpsc::Receiver<Job>
     }
 }
 
-async fn commit_group<'a>(
+/// Commits a group: each game's own result, or one error for the whole
+/// group when nothing of it was committed.
+async fn commit_group(
     writer: &DatabaseConnection,
-    games: impl ExactSizeIterator<Item = &'a Game> + Clone,
-) -> Vec<Result<Recorded, Error>> {
+    games: &[&Game],
+) -> Result<Vec<Result<Recorded, Error>>, Error> {
     // Games rarely fail (an overflow, a user deleted meanwhile) and are
     // rarely retries, so first try the whole group without savepoints and
     // without looking request ids up: three statements fewer per game. If
-    // one fails (a retry fails its request record's insert), nothing of
+    // one game fails (a retry fails its request record's insert), nothing of
     // this attempt is kept and the group runs again with a savepoint and a
     // look-up per game, so a failure undoes only its game and a retry
     // replays the first call's result.
-    if let Some(results) = commit_all_or_nothing(writer, games.clone()).await {
-        return results;
+    match commit_all_or_nothing(writer, games).await? {
+        Some(results) => Ok(results),
+        None => commit_each_in_savepoint(writer, games).await,
     }
-    commit_each_in_savepoint(writer, games).await
 }
 
-/// Every game in one transaction; `None` (rolled back) if any game fails.
-async fn commit_all_or_nothing<'a>(
+/// Whether an error is about the game itself (the others in its group can
+/// still commit) rather than about the database (a full or failing disk, a
+/// lost connection: SQLite may have rolled the whole transaction back, so
+/// nothing of the group may be acknowledged).
+fn is_the_games_own(error: &Error) -> bool {
+    matches!(error, Error::StatsOverflow(_) | Error::UserNotFound)
+}
+
+/// Every game in one transaction. `Ok(None)` (rolled back) when a game
+/// failed on its own account: the caller runs the group game by game.
+async fn commit_all_or_nothing(
     writer: &DatabaseConnection,
-    games: impl ExactSizeIterator<Item = &'a Game>,
-) -> Option<Vec<Result<Recorded, Error>>> {
-    let count = games.len();
-    let txn = writer.begin().await.ok()?;
-    let mut results = Vec::with_capacity(count);
+    games: &[&Game],
+) -> Result<Option<Vec<Result<Recorded, Error>>>, Error> {
+    let txn = begin_write(writer).await.map_err(classify)?;
+    let mut recorded = Vec::with_capacity(games.len());
     for game in games {
         match record_in(&txn, game, Replays::FailOnInsert).await {
-            Ok(recorded) => results.push(Ok(recorded)),
+            Ok(game) => recorded.push(game),
+            Err(RecordError::Other(error)) if !is_the_games_own(&error) => return Err(error),
             Err(_) => {
-                txn.rollback().await.ok();
-                return None;
+                txn.rollback().await.map_err(classify)?;
+                return Ok(None);
             }
         }
     }
-    Some(match txn.commit().await {
-        Ok(()) => results,
-        Err(error) => all_failed(count, &error),
-    })
+    let mut results: Vec<Result<Recorded, Error>> = recorded.into_iter().map(Ok).collect();
+    append_changes(&txn, games, &mut results).await?;
+    txn.commit().await.map_err(classify)?;
+    Ok(Some(results))
 }
 
-/// The same error for each of `count` games.
-fn all_failed(count: usize, error: &DbErr) -> Vec<Result<Recorded, Error>> {
-    (0..count).map(|_| Err(classify(error.clone()))).collect()
-}
-
-async fn commit_each_in_savepoint<'a>(
+async fn commit_each_in_savepoint(
     writer: &DatabaseConnection,
-    games: impl ExactSizeIterator<Item = &'a Game>,
-) -> Vec<Result<Recorded, Error>> {
-    let count = games.len();
-    let txn = match writer.begin().await {
-        Ok(txn) => txn,
-        Err(error) => return all_failed(count, &error),
-    };
-    let mut results = Vec::with_capacity(count);
+    games: &[&Game],
+) -> Result<Vec<Result<Recorded, Error>>, Error> {
+    let txn = begin_write(writer).await.map_err(classify)?;
+    let mut results = Vec::with_capacity(games.len());
     for game in games {
-        let result = match txn.begin().await {
-            Ok(savepoint) => match record_in(&savepoint, game, Replays::LookUp).await {
-                Ok(recorded) => savepoint
-                    .commit()
-                    .await
-                    .map(|()| recorded)
-                    .map_err(classify),
-                Err(error) => {
-                    savepoint.rollback().await.ok();
-                    Err(match error {
-                        RecordError::Duplicate(error) => classify(error),
-                        RecordError::Other(error) => error,
-                    })
+        let savepoint = txn.begin().await.map_err(classify)?;
+        match record_in(&savepoint, game, Replays::LookUp).await {
+            Ok(recorded) => {
+                savepoint.commit().await.map_err(classify)?;
+                results.push(Ok(recorded));
+            }
+            Err(error) => {
+                let error = match error {
+                    RecordError::Duplicate(error) => classify(error),
+                    RecordError::Other(error) => error,
+                };
+                if !is_the_games_own(&error) {
+                    return Err(error);
                 }
-            },
-            Err(error) => Err(classify(error)),
-        };
-        results.push(result);
+                savepoint.rollback().await.map_err(classify)?;
+                results.push(Err(error));
+            }
+        }
     }
-    match txn.commit().await {
-        Ok(()) => results,
-        Err(error) => all_failed(count, &error),
+    append_changes(&txn, games, &mut results).await?;
+    txn.commit().await.map_err(classify)?;
+    Ok(results)
+}
+
+/// Appends the outbox change of every game counted in this group (two
+/// statements for the whole group) and gives each its number.
+async fn append_changes(
+    txn: &DatabaseTransaction,
+    games: &[&Game],
+    results: &mut [Result<Recorded, Error>],
+) -> Result<(), Error> {
+    let counted: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, result)| matches!(result, Ok(Recorded::New { .. })))
+        .map(|(index, _)| index)
+        .collect();
+    let changes: Vec<Change> = counted
+        .iter()
+        .map(|&index| Change::Stats(games[index].key.clone()))
+        .collect();
+    let now = games.first().map_or_else(Utc::now, |game| game.now);
+    let seqs = outbox::append(txn, &changes, now).await?;
+    for (index, number) in counted.into_iter().zip(seqs) {
+        if let Ok(Recorded::New { seq, .. }) = &mut results[index] {
+            *seq = number;
+        }
+    }
+    Ok(())
+}
+
+/// The same database error again, for every game of a group that failed.
+fn replicate(error: &Error) -> Error {
+    match error {
+        Error::StorageFull(db) => Error::StorageFull(db.clone()),
+        Error::StorageFailed(db) => Error::StorageFailed(db.clone()),
+        Error::DatabaseUnavailable(db) => Error::DatabaseUnavailable(db.clone()),
+        other => Error::internal(other.to_string()),
     }
 }
 
@@ -702,8 +812,10 @@ mod tests {
     }
 
     async fn play(store: &Store, user: &User, score: i64) {
+        let key = UserName::parse(&user.name).unwrap().key().clone();
         store
             .record_game(
+                &key,
                 user,
                 Outcome::parse(1).unwrap(),
                 Score::parse(score).unwrap(),
@@ -734,7 +846,10 @@ mod tests {
         // Ties on purpose: scores 0..4 for 14 users; one user never plays.
         for i in 0..15 {
             let name = UserName::parse(&format!("u{i}")).unwrap();
-            let user = store.insert_user(&name, &hash, Utc::now()).await.unwrap();
+            let user = match store.insert_user(&name, &hash, Utc::now(), None).await {
+                Ok(crate::store::Written::New { value, .. }) => value,
+                other => panic!("{other:?}"),
+            };
             if i < 14 {
                 play(&store, &user, i % 5).await;
             }

@@ -1,30 +1,38 @@
 //! The database: connection set-up (SQLite pragmas, one writer), migrations,
-//! and queries that take and return domain types.
+//! and queries that take and return domain types. Every write is one
+//! transaction that also records, in the cache outbox, what the caches must
+//! learn (see `write.rs` for how a write is kept from being acknowledged
+//! without being stored).
 
 pub mod entities;
 mod leaderboard;
+mod outbox;
+mod write;
 
 pub use leaderboard::{Recorded, SnapshotRow};
+pub use outbox::OUTBOX_RETENTION;
 
-use std::time::Duration;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqlErr, Statement,
-    sea_query::{Expr, Query},
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    RuntimeErr, SqlErr, Statement,
+    sea_query::Expr,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
 
 use crate::{
     credentials::PasswordHash,
-    domain::{NameKey, User, UserName},
+    domain::{Change, NameKey, RequestId, User, UserMethod, UserName},
     error::Error,
+    proto::{decode_user, encode_user},
 };
-use entities::users;
+use entities::{user_requests, users};
 
 /// How long SQLite waits for a lock before giving up with SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,15 +51,32 @@ pub struct Store {
     /// concurrent games together (one fsync for many); `None` on Postgres,
     /// where row locks let games commit concurrently.
     games: Option<leaderboard::GameQueue>,
+    health: Arc<write::WriteHealth>,
+}
+
+/// What a write RPC did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written<T> {
+    /// The write committed; `seq` is its cache-outbox number.
+    New {
+        /// The result.
+        value: T,
+        /// The outbox number of the change.
+        seq: u64,
+    },
+    /// The request_id was seen before: the first call's result; nothing written.
+    Replayed(T),
 }
 
 impl Store {
     /// Connects, applies every pending migration, and checks the engine.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
         let sqlite = url.starts_with("sqlite:");
+        let health = Arc::new(write::WriteHealth::default());
         let (reader, writer) = if sqlite {
-            let reader = Database::connect(sqlite_options(url, max_connections.max(1))).await?;
-            let writer = Database::connect(sqlite_options(url, 1)).await?;
+            let reader =
+                Database::connect(sqlite_options(url, max_connections.max(1), false)).await?;
+            let writer = Database::connect(sqlite_options(url, 1, true)).await?;
             (reader, writer)
         } else {
             let mut options = ConnectOptions::new(url);
@@ -63,11 +88,13 @@ impl Store {
             let pool = Database::connect(options).await?;
             (pool.clone(), pool)
         };
-        let games = sqlite.then(|| leaderboard::GameQueue::start(writer.clone()));
+        let games =
+            sqlite.then(|| leaderboard::GameQueue::start(writer.clone(), Arc::clone(&health)));
         let store = Self {
             reader,
             writer,
             games,
+            health,
         };
         Migrator::up(&store.writer, None).await?;
         store.log_engine().await?;
@@ -92,14 +119,20 @@ impl Store {
         Ok(())
     }
 
-    /// Succeeds when the database answers a trivial query.
+    /// The database's backend.
+    pub fn backend(&self) -> DbBackend {
+        self.reader.get_database_backend()
+    }
+
+    /// Succeeds when the database answers a read. Writes failing for a
+    /// storage reason (a full disk) do not count: reads still work.
     pub async fn ping(&self) -> Result<(), DbErr> {
-        self.reader.ping().await?;
-        // On SQLite the writer is a pool of its own; elsewhere it is `reader`.
-        if self.writer.get_database_backend() == DbBackend::Sqlite {
-            self.writer.ping().await?;
-        }
-        Ok(())
+        self.reader.ping().await
+    }
+
+    /// Whether the last storage-related write failed (full or failing disk).
+    pub fn writes_failing(&self) -> bool {
+        self.health.is_failing()
     }
 
     /// Closes every connection.
@@ -111,39 +144,98 @@ impl Store {
         }
     }
 
+    /// Runs a write and notes whether storage is failing (see `WriteHealth`).
+    async fn observed<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let result = work.await;
+        self.health.observe(&result);
+        result
+    }
+
+    /// The first result of a user RPC called with `request_id`, and the
+    /// name it was about; `None` when the key is new (or expired).
+    #[tracing::instrument(skip_all)]
+    pub async fn find_user_request(
+        &self,
+        method: UserMethod,
+        request_id: &RequestId,
+    ) -> Result<Option<(NameKey, Vec<u8>)>, Error> {
+        find_user_request(&self.reader, method, request_id).await
+    }
+
     /// Inserts a new user. Fails with `UserAlreadyExists` when the canonical
-    /// name is taken: the UNIQUE index decides, never a prior read.
+    /// name is taken: the UNIQUE index decides, never a prior read. With a
+    /// `request_id`, records the result so that a retry replays it.
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn insert_user(
         &self,
         name: &UserName,
         password_hash: &PasswordHash,
         now: DateTime<Utc>,
-    ) -> Result<User, Error> {
+        request: Option<&RequestId>,
+    ) -> Result<Written<User>, Error> {
         // Every backend we support keeps microseconds; trim so the value we
         // return equals the value read back later.
         let now = now.trunc_subsecs(6);
+        let user = User {
+            id: Uuid::now_v7(),
+            name: name.display().to_owned(),
+            create_time: now,
+            update_time: now,
+        };
         let row = users::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            name: Set(name.display().to_owned()),
+            id: Set(user.id),
+            name: Set(user.name.clone()),
             name_key: Set(name.key().as_str().to_owned()),
             password_hash: Set(password_hash.as_phc().to_owned()),
             create_time: Set(now),
             update_time: Set(now),
         };
-        let model = users::Entity::insert(row)
-            .exec_with_returning(&self.writer)
-            .await
-            .map_err(|error| match error.sql_err() {
-                Some(SqlErr::UniqueConstraintViolation(_)) => Error::UserAlreadyExists,
-                _ => classify(error),
-            })?;
-        Ok(User {
-            id: model.id,
-            name: model.name,
-            create_time: model.create_time,
-            update_time: model.update_time,
-        })
+        let method = UserMethod::CreateUser;
+        let written = self
+            .observed(async {
+                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                // No RETURNING: every column is known here (see write.rs).
+                if let Err(error) = users::Entity::insert(row)
+                    .exec_without_returning(&txn)
+                    .await
+                {
+                    return Err(if is_unique_violation(&error) {
+                        Error::UserAlreadyExists
+                    } else {
+                        classify(error)
+                    });
+                }
+                let recorded = record_user_request(
+                    &txn,
+                    method,
+                    request,
+                    name.key(),
+                    &encode_user(&user),
+                    now,
+                )
+                .await?;
+                if !recorded {
+                    return Ok(None);
+                }
+                let seq =
+                    outbox::append_one(&txn, &Change::Account(name.key().clone()), now).await?;
+                txn.commit().await.map_err(classify)?;
+                Ok(Some(seq))
+            })
+            .await;
+        match written {
+            Ok(Some(seq)) => Ok(Written::New { value: user, seq }),
+            // A concurrent call with the same request_id committed first.
+            Ok(None) => self.replay(method, request, name.key(), decode_user).await,
+            // A retry whose first call committed: the name is taken by it.
+            Err(Error::UserAlreadyExists) if request.is_some() => {
+                match self.replay(method, request, name.key(), decode_user).await {
+                    Ok(replayed) => Ok(replayed),
+                    Err(_) => Err(Error::UserAlreadyExists),
+                }
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Reads a user and their password hash, for a password check only.
@@ -170,48 +262,134 @@ impl Store {
     }
 
     /// Replaces `user`'s password hash if it is still `old` (a concurrent
-    /// change wins otherwise). With `touch`, update_time advances. Returns the
-    /// updated user, or `None` when the hash had changed underneath.
+    /// change wins otherwise). A password change (`Some(request)`, even
+    /// without a request_id inside) advances update_time and is recorded for
+    /// the caches; a re-hash (`None`) changes nothing callers can see.
+    /// Returns the updated user, or `None` when the hash had changed
+    /// underneath.
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
     pub async fn replace_password_hash(
         &self,
+        key: &NameKey,
         user: &User,
         old: &PasswordHash,
         new: &PasswordHash,
-        touch: bool,
-    ) -> Result<Option<User>, Error> {
+        change: Option<Option<&RequestId>>,
+    ) -> Result<Option<Written<User>>, Error> {
         let mut updated = user.clone();
-        if touch {
+        let now = Utc::now().trunc_subsecs(6);
+        if change.is_some() {
             // Strictly later than before, even within one microsecond.
-            let now = Utc::now().trunc_subsecs(6);
             updated.update_time = now.max(user.update_time + chrono::Duration::microseconds(1));
         }
-        let result = users::Entity::update_many()
-            .col_expr(users::Column::PasswordHash, Expr::value(new.as_phc()))
-            .col_expr(users::Column::UpdateTime, Expr::value(updated.update_time))
-            .filter(users::Column::Id.eq(user.id))
-            .filter(users::Column::PasswordHash.eq(old.as_phc()))
-            .exec(&self.writer)
-            .await
-            .map_err(classify)?;
-        Ok((result.rows_affected == 1).then_some(updated))
+        let method = UserMethod::ChangePassword;
+        let request = change.flatten();
+        let written = self
+            .observed(async {
+                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                let result = users::Entity::update_many()
+                    .col_expr(users::Column::PasswordHash, Expr::value(new.as_phc()))
+                    .col_expr(users::Column::UpdateTime, Expr::value(updated.update_time))
+                    .filter(users::Column::Id.eq(user.id))
+                    .filter(users::Column::PasswordHash.eq(old.as_phc()))
+                    .exec(&txn)
+                    .await
+                    .map_err(classify)?;
+                if result.rows_affected != 1 {
+                    return Ok(Some(None));
+                }
+                if change.is_none() {
+                    txn.commit().await.map_err(classify)?;
+                    return Ok(Some(Some(0)));
+                }
+                if !record_user_request(&txn, method, request, key, &encode_user(&updated), now)
+                    .await?
+                {
+                    return Ok(None);
+                }
+                let seq = outbox::append_one(&txn, &Change::Account(key.clone()), now).await?;
+                txn.commit().await.map_err(classify)?;
+                Ok(Some(Some(seq)))
+            })
+            .await?;
+        match written {
+            Some(Some(seq)) => Ok(Some(Written::New {
+                value: updated,
+                seq,
+            })),
+            Some(None) => Ok(None),
+            None => self
+                .replay(method, request, key, decode_user)
+                .await
+                .map(Some),
+        }
     }
 
     /// Deletes the user and, through ON DELETE CASCADE foreign keys,
-    /// everything that belongs to them, in one statement (one transaction).
-    /// Returns the deleted user's id; `None` when there was no such user.
+    /// everything that belongs to them, in one transaction. Returns the
+    /// deleted user's id; `None` when there was no such user.
     #[tracing::instrument(skip_all, fields(user = %key))]
-    pub async fn delete_user(&self, key: &NameKey) -> Result<Option<Uuid>, Error> {
-        // RETURNING only the id: the row's password hash never leaves the database.
-        let statement = Query::delete()
-            .from_table(users::Entity)
-            .and_where(users::Column::NameKey.eq(key.as_str()))
-            .returning_col(users::Column::Id)
-            .to_owned();
-        let row = self.writer.query_one(&statement).await.map_err(classify)?;
-        row.map(|row| row.try_get::<Uuid>("", "id"))
-            .transpose()
-            .map_err(classify)
+    pub async fn delete_user(
+        &self,
+        key: &NameKey,
+        request: Option<&RequestId>,
+    ) -> Result<Option<Written<Uuid>>, Error> {
+        let method = UserMethod::DeleteUser;
+        let now = Utc::now().trunc_subsecs(6);
+        let written = self
+            .observed(async {
+                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                let id: Option<Uuid> = users::Entity::find()
+                    .select_only()
+                    .column(users::Column::Id)
+                    .filter(users::Column::NameKey.eq(key.as_str()))
+                    .into_tuple()
+                    .one(&txn)
+                    .await
+                    .map_err(classify)?;
+                let Some(id) = id else {
+                    return Ok(Some(None));
+                };
+                users::Entity::delete_by_id(id)
+                    .exec(&txn)
+                    .await
+                    .map_err(classify)?;
+                if !record_user_request(&txn, method, request, key, id.as_bytes(), now).await? {
+                    return Ok(None);
+                }
+                let seq = outbox::append_one(&txn, &Change::Deleted(key.clone(), id), now).await?;
+                txn.commit().await.map_err(classify)?;
+                Ok(Some(Some((id, seq))))
+            })
+            .await?;
+        match written {
+            Some(Some((value, seq))) => Ok(Some(Written::New { value, seq })),
+            Some(None) => Ok(None),
+            None => self
+                .replay(method, request, key, |bytes| Uuid::from_slice(bytes).ok())
+                .await
+                .map(Some),
+        }
+    }
+
+    /// The first call's result for a request_id whose record exists.
+    async fn replay<T>(
+        &self,
+        method: UserMethod,
+        request: Option<&RequestId>,
+        key: &NameKey,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<Written<T>, Error> {
+        let request = request.ok_or_else(|| Error::internal("replay without a request_id"))?;
+        let (first_key, result) = find_user_request(&self.writer, method, request)
+            .await?
+            .ok_or_else(|| Error::internal("a request_id conflicted but has no record"))?;
+        if first_key != *key {
+            return Err(request_id_reused());
+        }
+        decode(&result)
+            .map(Written::Replayed)
+            .ok_or_else(|| Error::internal("undecodable user_requests.result"))
     }
 
     /// Up to `limit` users with canonical names after `after`, in canonical
@@ -251,7 +429,7 @@ impl Store {
     }
 }
 
-fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
+fn sqlite_options(url: &str, max_connections: u32, writer: bool) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
@@ -265,12 +443,75 @@ fn sqlite_options(url: &str, max_connections: u32) -> ConnectOptions {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
+        })
+        .map_sqlx_sqlite_pool_opts(move |pool| {
+            if writer {
+                pool.after_release(write::release_writer)
+            } else {
+                pool.after_release(write::release_reader)
+            }
         });
     options
 }
 
-/// Maps a database error to UNAVAILABLE when retrying later may help
-/// (unreachable, pool exhausted, locked), and to INTERNAL otherwise.
+async fn find_user_request(
+    db: &impl ConnectionTrait,
+    method: UserMethod,
+    request_id: &RequestId,
+) -> Result<Option<(NameKey, Vec<u8>)>, Error> {
+    let row = user_requests::Entity::find_by_id((
+        method.as_str().to_owned(),
+        request_id.as_str().to_owned(),
+    ))
+    .one(db)
+    .await
+    .map_err(classify)?;
+    Ok(row.map(|row| (NameKey::from_stored(row.name_key), row.result)))
+}
+
+/// Records a user RPC's result under its request_id (if any) inside `txn`.
+/// `false` when the request_id is already recorded (a concurrent call with
+/// the same key committed first): the caller must roll back and replay.
+async fn record_user_request(
+    txn: &DatabaseTransaction,
+    method: UserMethod,
+    request: Option<&RequestId>,
+    key: &NameKey,
+    result: &[u8],
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    let Some(request) = request else {
+        return Ok(true);
+    };
+    let row = user_requests::ActiveModel {
+        method: Set(method.as_str().to_owned()),
+        request_id: Set(request.as_str().to_owned()),
+        name_key: Set(key.as_str().to_owned()),
+        result: Set(result.to_vec()),
+        create_time: Set(now),
+    };
+    match user_requests::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(error) if is_unique_violation(&error) => Ok(false),
+        Err(error) => Err(classify(error)),
+    }
+}
+
+fn request_id_reused() -> Error {
+    Error::InvalidArgument(vec![RequestId::reused().on("request_id")])
+}
+
+fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Maps a database error to the caller's answer: a full disk is
+/// `StorageFull`, a failing one `StorageFailed`, a busy or unreachable
+/// database `DatabaseUnavailable` (retrying later may help), anything else
+/// INTERNAL.
 pub(crate) fn classify(error: DbErr) -> Error {
     // Every foreign key points at users: the user was deleted under us.
     if matches!(
@@ -279,54 +520,89 @@ pub(crate) fn classify(error: DbErr) -> Error {
     ) {
         return Error::UserNotFound;
     }
-    if is_transient(&error) {
-        Error::DatabaseUnavailable(error)
-    } else {
-        Error::internal(error)
+    match fault_of(&error) {
+        Fault::Full => Error::StorageFull(error),
+        Fault::Storage => Error::StorageFailed(error),
+        Fault::Transient => Error::DatabaseUnavailable(error),
+        Fault::Other => Error::internal(error),
     }
 }
 
-fn is_transient(error: &DbErr) -> bool {
+/// What kind of fault a database error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// No space left (SQLITE_FULL, Postgres 53100 disk_full).
+    Full,
+    /// The storage under the database failed: SQLITE_IOERR*, SQLITE_READONLY*,
+    /// SQLITE_CANTOPEN*, SQLITE_CORRUPT*, SQLITE_NOTADB, SQLITE_PROTOCOL.
+    Storage,
+    /// Retrying later may help: busy, locked, unreachable, pool exhausted.
+    Transient,
+    /// Anything else.
+    Other,
+}
+
+fn fault_of(error: &DbErr) -> Fault {
     use sea_orm::sqlx::Error as Sqlx;
     match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
-            match inner.as_ref() {
-                Sqlx::Io(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed
-                | Sqlx::Tls(_) => true,
-                Sqlx::Database(db) => {
-                    let code = db.code().unwrap_or_default();
-                    if db
-                        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
-                        .is_some()
-                    {
-                        is_transient_sqlite_code(&code)
-                    } else {
-                        is_transient_postgres_code(&code)
-                    }
+        DbErr::ConnectionAcquire(_) => Fault::Transient,
+        DbErr::Exec(RuntimeErr::SqlxError(inner))
+        | DbErr::Query(RuntimeErr::SqlxError(inner))
+        | DbErr::Conn(RuntimeErr::SqlxError(inner)) => match inner.as_ref() {
+            Sqlx::Io(_)
+            | Sqlx::PoolTimedOut
+            | Sqlx::PoolClosed
+            | Sqlx::WorkerCrashed
+            | Sqlx::Tls(_) => Fault::Transient,
+            Sqlx::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                if db
+                    .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                    .is_some()
+                {
+                    sqlite_fault(&code)
+                } else {
+                    postgres_fault(&code)
                 }
-                _ => false,
             }
-        }
-        _ => false,
+            _ => Fault::Other,
+        },
+        DbErr::Conn(_) => Fault::Transient,
+        _ => Fault::Other,
     }
 }
 
-/// SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-fn is_transient_sqlite_code(code: &str) -> bool {
-    code.parse::<i32>()
-        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+/// By primary result code (the low byte of an extended code).
+fn sqlite_fault(code: &str) -> Fault {
+    match code.parse::<i32>().map(|code| code & 0xff) {
+        // SQLITE_BUSY, SQLITE_LOCKED
+        Ok(5 | 6) => Fault::Transient,
+        // SQLITE_FULL
+        Ok(13) => Fault::Full,
+        // SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_CANTOPEN,
+        // SQLITE_PROTOCOL, SQLITE_NOTADB
+        Ok(8 | 10 | 11 | 14 | 15 | 26) => Fault::Storage,
+        _ => Fault::Other,
+    }
 }
 
-/// SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P0x
-/// (shutdown), and serialization failure or deadlock (40001, 40P01).
-fn is_transient_postgres_code(code: &str) -> bool {
-    code.starts_with("08")
+/// SQLSTATE 53100 (disk_full) and class 58 (system error, I/O) are storage
+/// faults; classes 08 (connection), 53 (insufficient resources), 57P0x
+/// (shutdown), and serialization failure or deadlock (40001, 40P01) are
+/// transient.
+fn postgres_fault(code: &str) -> Fault {
+    if code == "53100" {
+        Fault::Full
+    } else if code.starts_with("58") {
+        Fault::Storage
+    } else if code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P0")
         || code == "40001"
         || code == "40P01"
+    {
+        Fault::Transient
+    } else {
+        Fault::Other
+    }
 }

@@ -65,6 +65,7 @@ async fn without_the_guard_the_same_race_serves_a_deleted_user() {
             .clone()
             .delete_user(pb::DeleteUserRequest {
                 name: "race-unguarded".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -91,6 +92,7 @@ async fn a_fill_that_raced_a_password_change_does_not_serve_the_old_user() {
                         name: "race-change".into(),
                         current_password: PASSWORD.into(),
                         new_password: "a brand new passphrase".into(),
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -177,6 +179,7 @@ async fn every_rpc_works_with_redis_down_and_a_missed_invalidation_is_delivered_
             name: "ada".into(),
             current_password: PASSWORD.into(),
             new_password: "a brand new passphrase".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -196,6 +199,7 @@ async fn every_rpc_works_with_redis_down_and_a_missed_invalidation_is_delivered_
     client
         .delete_user(pb::DeleteUserRequest {
             name: "grace".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -36,6 +36,7 @@ async fn change(
             name: name.into(),
             current_password: current.into(),
             new_password: new.into(),
+            ..Default::default()
         })
         .await
         .map(|response| response.into_inner().user.unwrap())
@@ -82,6 +83,7 @@ async fn verify_normalizes_the_password_to_nfc() {
         .create_user(pb::CreateUserRequest {
             name: "rene".into(),
             password: "Ren\u{e9}-secret-42".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -339,6 +341,7 @@ async fn new_passwords_must_follow_the_rules_and_not_be_common_or_the_name() {
         .create_user(pb::CreateUserRequest {
             name: "Zachary-Long".into(),
             password: "zachary-long".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -352,6 +355,7 @@ async fn new_passwords_must_follow_the_rules_and_not_be_common_or_the_name() {
         .create_user(pb::CreateUserRequest {
             name: "zoe".into(),
             password: "iloveyou".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

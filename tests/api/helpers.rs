@@ -195,6 +195,7 @@ impl TestApp {
             .create_user(pb::CreateUserRequest {
                 name: name.into(),
                 password: PASSWORD.into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -228,7 +229,10 @@ impl TestApp {
     pub async fn delete_user(&self, name: &str) {
         self.client
             .clone()
-            .delete_user(pb::DeleteUserRequest { name: name.into() })
+            .delete_user(pb::DeleteUserRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
     }

@@ -178,6 +178,7 @@ fn sigterm_drains_in_flight_calls_and_exits_zero_even_with_an_open_stream() {
                 .create_user(roster::proto::roster::v1::CreateUserRequest {
                     name: "peggy".into(),
                     password: crate::helpers::PASSWORD.into(),
+                    ..Default::default()
                 })
                 .await
         });

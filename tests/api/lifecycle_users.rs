@@ -10,7 +10,10 @@ use crate::helpers::{TestApp, reason, spawn_app, violations};
 async fn delete(app: &TestApp, name: &str) -> Result<(), tonic::Status> {
     app.client
         .clone()
-        .delete_user(pb::DeleteUserRequest { name: name.into() })
+        .delete_user(pb::DeleteUserRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .map(drop)
 }
@@ -111,12 +114,14 @@ async fn paging_sees_every_user_present_throughout_exactly_once_despite_churn() 
                 let mut c = client.clone();
                 c.delete_user(pb::DeleteUserRequest {
                     name: format!("churn-{i:03}"),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
                 c.create_user(pb::CreateUserRequest {
                     name: format!("newcomer-{i:03}"),
                     password: crate::helpers::PASSWORD.into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -170,6 +170,7 @@ async fn on_postgres_health_and_errors_follow_the_database_being_reachable() {
         .create_user(roster::proto::roster::v1::CreateUserRequest {
             name: "POSTGRES-USER".into(),
             password: crate::helpers::PASSWORD.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

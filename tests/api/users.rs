@@ -45,6 +45,7 @@ async fn create_refuses_a_name_that_differs_only_in_case_or_width() {
             .create_user(pb::CreateUserRequest {
                 name: variant.into(),
                 password: PASSWORD.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -64,6 +65,7 @@ async fn concurrent_creates_of_one_name_yield_exactly_one_success() {
                 .create_user(pb::CreateUserRequest {
                     name: name.into(),
                     password: PASSWORD.into(),
+                    ..Default::default()
                 })
                 .await
         })
@@ -143,6 +145,7 @@ async fn bad_names_and_passwords_get_invalid_argument_with_the_field_and_reason(
             .create_user(pb::CreateUserRequest {
                 name: (*name).into(),
                 password: (*password).into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -204,6 +207,7 @@ async fn an_oversized_request_is_refused_before_decoding() {
         .create_user(pb::CreateUserRequest {
             name: "frank".into(),
             password: "x".repeat(100 * 1024),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -1,7 +1,7 @@
 //! This process's copy of the Redis board: the same entries under the same
 //! forward-only rules, in an order-statistic tree, so a rank, a page or a
 //! window costs microseconds instead of a Redis script. Pure data: when the
-//! copy may answer a read is decided in `board.rs`.
+//! copy may answer a read is decided in `copy.rs`.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -34,6 +34,7 @@ struct Listed {
 /// as the two Redis hashes do.
 #[derive(Debug, Clone)]
 struct Slot {
+    user_id: Uuid,
     position: BoardPosition,
     stats: Stats,
 }
@@ -81,9 +82,10 @@ impl Mirror {
         self.applied = self.applied.max(version);
     }
 
-    /// Merges one entry exactly as the Redis update script does: the
-    /// position only moves to a later sequence number, the stats only to a
-    /// higher games_played.
+    /// Merges one entry exactly as the Redis update script does
+    /// (`scripts/update.lua`): the position only moves to a later sequence
+    /// number, the stats only to a higher games_played; when another user
+    /// holds the name, the later of the two takes both.
     pub(crate) fn apply(&mut self, key: &str, entry: Entry) {
         let listed = Listed {
             user_id: entry.user_id,
@@ -94,12 +96,25 @@ impl Mirror {
             self.users.insert(
                 key.to_owned(),
                 Slot {
+                    user_id: entry.user_id,
                     position: entry.position,
                     stats: entry.stats,
                 },
             );
             return;
         };
+        if slot.user_id != entry.user_id {
+            if entry.position.seq > slot.position.seq {
+                self.order.remove(&slot.position);
+                self.order.insert(entry.position, listed);
+                *slot = Slot {
+                    user_id: entry.user_id,
+                    position: entry.position,
+                    stats: entry.stats,
+                };
+            }
+            return;
+        }
         if entry.position.seq > slot.position.seq {
             self.order.remove(&slot.position);
             self.order.insert(entry.position, listed);
@@ -214,6 +229,30 @@ mod tests {
         // A later game that did not move the position: same seq, more games.
         mirror.apply("a", entry(4, 5, 3, "a"));
         assert_eq!(mirror.stats("a").unwrap().0.games_played, 3);
+    }
+
+    #[test]
+    fn a_later_user_under_the_same_name_takes_entry_and_stats() {
+        let mut mirror = Mirror::new("e".into(), 0);
+        let mut old = entry(9, 3, 40, "a");
+        old.user_id = Uuid::from_u128(1);
+        old.stats.user_id = old.user_id;
+        let mut new = entry(2, 8, 1, "a");
+        new.user_id = Uuid::from_u128(2);
+        new.stats.user_id = new.user_id;
+        mirror.apply("a", new.clone());
+        // The deleted user's late update changes nothing.
+        mirror.apply("a", old.clone());
+        let (stats, _) = mirror.stats("a").unwrap();
+        assert_eq!((stats.user_id, stats.games_played), (new.user_id, 1));
+        // In the other order the later user still wins, stats included,
+        // although the earlier one had played more games.
+        let mut mirror = Mirror::new("e".into(), 0);
+        mirror.apply("a", old);
+        mirror.apply("a", new.clone());
+        let (stats, _) = mirror.stats("a").unwrap();
+        assert_eq!((stats.user_id, stats.games_played), (new.user_id, 1));
+        assert_eq!(mirror.len(), 1);
     }
 
     #[test]

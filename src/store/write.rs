@@ -1,0 +1,114 @@
+//! How writes reach the database safely: every write is one explicit
+//! transaction whose COMMIT result is checked before anything is
+//! acknowledged, and no connection goes back to a pool in an unknown
+//! transaction state. Also the "writes are failing" episode log.
+//!
+//! Why this file exists (measured on a full disk, issue 9): SQLite commits an
+//! autocommit `INSERT ... RETURNING` when the statement is reset, and sqlx
+//! resets it after the first row without looking at the result, so a
+//! SQLITE_FULL at that commit was never seen and the write was acknowledged
+//! but lost. And after a failed COMMIT sqlx's transaction bookkeeping and
+//! SQLite's own state can disagree; the single writer connection then ran
+//! later writes inside a transaction that never committed. Hence: no
+//! autocommit writes, RETURNING only in statements read to completion, and
+//! a writer connection is probed when it is released and closed (the pool
+//! opens a fresh one) unless it is provably outside any transaction.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+    sqlx::{self, Connection, Executor, pool::PoolConnectionMetadata, sqlite::SqliteConnection},
+};
+
+use crate::error::{Chain, Error};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite, so the write lock
+/// is taken (waiting up to the busy timeout) before anything is read; a
+/// deferred transaction that reads and then writes would fail with
+/// SQLITE_BUSY at once when another process holds the lock.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        db.begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await
+    } else {
+        db.begin().await
+    }
+}
+
+/// The writer pool's release check (sqlx `after_release`): keep the
+/// connection only if it is outside any transaction, by sqlx's count and by
+/// SQLite itself (`BEGIN` fails inside a transaction). Otherwise sqlx closes
+/// it, which rolls back whatever SQLite still held open, and the next write
+/// gets a fresh connection.
+pub(crate) fn release_writer(
+    conn: &mut SqliteConnection,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if conn.is_in_transaction() {
+            tracing::warn!("database writer released inside a transaction; replacing it");
+            return Ok(false);
+        }
+        if let Err(error) = conn.execute("BEGIN").await {
+            tracing::warn!(%error, "database writer in an unknown state; replacing it");
+            return Ok(false);
+        }
+        Ok(conn.execute("ROLLBACK").await.is_ok())
+    })
+}
+
+/// The reader pools' release check: sqlx's own count only (readers never
+/// write; a leftover read transaction would pin an old snapshot).
+pub(crate) fn release_reader(
+    conn: &mut SqliteConnection,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move { Ok(!conn.is_in_transaction()) })
+}
+
+/// Whether writes are failing for a storage reason (full, read-only or
+/// failing disk). Logs one ERROR line when an episode starts and one INFO
+/// line when it ends, instead of one line per call.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    failing: AtomicBool,
+}
+
+impl WriteHealth {
+    /// Notes how a write ended.
+    pub(crate) fn observe<T>(&self, result: &Result<T, Error>) {
+        match result {
+            Err(error @ (Error::StorageFull(_) | Error::StorageFailed(_))) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        error = %Chain(error),
+                        "database writes are failing; reads continue, writes are refused \
+                         until storage recovers (no restart needed)"
+                    );
+                }
+            }
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("database writes succeed again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether the last storage-related write outcome was a failure.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
