@@ -183,6 +183,12 @@ impl Delivery {
                 .iter()
                 .filter(|change| ahead.binary_search(&change.seq).is_err())
                 .collect();
+            tracing::debug!(
+                from = delivered,
+                to = last,
+                due = due.len(),
+                "delivering outbox changes"
+            );
             self.deliver(outbox, &due).await?;
             if !outbox.advance(delivered, last).await? {
                 // Redis lost data meanwhile: the next round starts over.

@@ -42,6 +42,11 @@ impl RedisServer {
         server
     }
 
+    /// The `host:port` it listens on.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// The URL Roster should use.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -58,6 +63,42 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
+        std::fs::remove_file(self.dir.path().join("dump.rdb")).ok();
+        self.launch();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        crate::rig::signal(pid, libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        crate::rig::signal(pid, libc::SIGCONT);
+    }
+
+    /// Saves a snapshot (SAVE) and returns a copy of it.
+    pub async fn snapshot(&self) -> Vec<u8> {
+        let client = self.client().await;
+        let _: () = client
+            .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+            .await
+            .unwrap();
+        client.quit().await.ok();
+        std::fs::read(self.dir.path().join("dump.rdb")).unwrap()
+    }
+
+    /// Kills the server and starts it again from `snapshot` (as a restore
+    /// from an old backup, or a failover to a replica that lagged, would).
+    pub fn restart_from(&mut self, snapshot: &[u8]) {
+        self.stop();
+        std::fs::write(self.dir.path().join("dump.rdb"), snapshot).unwrap();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -216,7 +257,14 @@ impl TestApp {
     /// Starts another Roster on this one's database and Redis, as a second
     /// replica behind a load balancer would run. The replica owns neither.
     pub async fn spawn_replica(&self) -> TestApp {
-        let config = self.config.clone();
+        self.spawn_replica_with(|_| {}).await
+    }
+
+    /// As [`Self::spawn_replica`], with `adjust` applied to the configuration
+    /// (e.g. a Redis URL through a proxy).
+    pub async fn spawn_replica_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config.clone();
+        adjust(&mut config);
         let borrowed = RedisServer {
             port: self.redis.port,
             child: None,

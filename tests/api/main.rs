@@ -4,10 +4,16 @@
 mod board_copy;
 mod cache;
 mod consistency;
+mod crash;
 mod credentials;
 mod helpers;
+mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod partition;
 mod postgres;
+mod redis_faults;
+mod rig;
+mod storage;
 mod users;

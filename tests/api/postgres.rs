@@ -4,22 +4,11 @@
 //! the local one at postgres://postgres@127.0.0.1:5432/test. Without one the
 //! test says so and passes (the rest of the suite needs no Postgres).
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use roster::proto::roster::v1::{self as pb, GameOutcome};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
-use tokio::{
-    net::TcpListener,
-    sync::Mutex,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::task::JoinSet;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -28,66 +17,8 @@ use tonic_health::pb::{
 use crate::{
     helpers::{RedisServer, eventually, spawn_with, test_config},
     leaderboard::{all_pages, board_in, client, stats},
+    rig::Proxy,
 };
-
-/// Forwards loopback TCP to `upstream` until cut.
-struct Proxy {
-    port: u16,
-    open: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let accept = tokio::spawn({
-            let open = Arc::clone(&open);
-            let connections = Arc::clone(&connections);
-            async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !open.load(Ordering::SeqCst) {
-                        continue; // dropped: the database is "down"
-                    }
-                    let upstream = upstream.clone();
-                    connections.lock().await.push(tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                            tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                .await
-                                .ok();
-                        }
-                    }));
-                }
-            }
-        });
-        Self {
-            port,
-            open,
-            connections,
-            accept,
-        }
-    }
-
-    async fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for connection in self.connections.lock().await.drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
 
 async fn health(app: &crate::helpers::TestApp) -> i32 {
     HealthClient::new(app.channel.clone())
@@ -101,7 +32,7 @@ async fn health(app: &crate::helpers::TestApp) -> i32 {
 }
 
 /// A new, empty database on the test's Postgres server.
-struct TestDatabase {
+pub(crate) struct TestDatabase {
     admin: DatabaseConnection,
     admin_url: String,
     name: String,
@@ -109,7 +40,7 @@ struct TestDatabase {
 
 impl TestDatabase {
     /// `None` (after saying so) when there is no Postgres to test against.
-    async fn create() -> Option<Self> {
+    pub(crate) async fn create() -> Option<Self> {
         let admin_url = std::env::var("ROSTER_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let Ok(Ok(admin)) =
@@ -131,11 +62,11 @@ impl TestDatabase {
     }
 
     /// The database's URL.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         url_for(&self.admin_url, &self.name)
     }
 
-    async fn drop_database(self) {
+    pub(crate) async fn drop_database(self) {
         self.admin
             .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .await
