@@ -2,6 +2,17 @@
 //! integration tests enable it): pause a code path at a named point for one
 //! user key, count how often a point is passed, or switch a guard off.
 //! Keyed by user so tests running in parallel do not disturb each other.
+//!
+//! Hand-written rather than tikv's `fail` crate, for two reasons the tests
+//! depend on: `fail`'s `pause` blocks the OS thread, and here the points sit
+//! on async request paths, where blocking one of the runtime's few worker
+//! threads stalls unrelated calls (the race tests need the rest of the server
+//! to keep serving while one request waits at the point); and `fail`'s
+//! configuration is one process-wide table keyed by point name, so two tests
+//! of the one integration-test binary running in parallel cannot arm the same
+//! point for different users. Faults that `fail` would return (errors from
+//! storage or Redis) are injected for real by the fault tests instead: a full
+//! file system, a read-only one, a cut connection, a frozen Redis.
 #![allow(missing_docs)]
 
 use std::{

@@ -1,4 +1,4 @@
-//! The tracing subscriber, and `spawn_blocking` that keeps the caller's span.
+//! The tracing subscriber, and a throttle for repeated warnings.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -21,16 +21,6 @@ pub fn init(format: LogFormat, filter: &str) {
     };
     // A second initialisation (tests start many servers in one process) is expected.
     drop(result);
-}
-
-/// Runs `f` on tokio's blocking pool inside the current tracing span.
-pub fn spawn_blocking_with_tracing<F, R>(f: F) -> tokio::task::JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
 }
 
 /// Lets a repeated warning through at most once per period and counts the

@@ -713,6 +713,9 @@ fn main() {
             })
             .await,
         );
+        if args.runs("storm") {
+            reports.extend(storm(&rig, cursor_after(total)).await);
+        }
         rig.redis.quit().await.ok();
         reports
     });
@@ -768,6 +771,103 @@ fn main() {
             verdict(ratio >= 0.8)
         );
     }
+}
+
+/// Where the storm's new users start: past the preloaded users and past any
+/// the CreateUser scenario may have made.
+fn cursor_after(total: usize) -> usize {
+    total + 10_000_000
+}
+
+/// The overload scenario of issue 9: GetUser (cache hits, 8 in flight) alone,
+/// then again while 200 CreateUser calls with 3 s deadlines are in flight at
+/// all times. Prints what the CreateUser calls got, and how fast refusals came.
+async fn storm(rig: &Rig<'_>, first: usize) -> Vec<Report> {
+    const WARM: usize = 1_000;
+    const READERS: usize = 8;
+    const CREATORS: usize = 200;
+    const DEADLINE: Duration = Duration::from_secs(3);
+    for i in 0..WARM {
+        UserServiceClient::new(rig.channels[0].clone())
+            .get_user(pb::GetUserRequest { name: name_of(i) })
+            .await
+            .unwrap();
+    }
+    let hits = || {
+        let cursor = Arc::new(AtomicUsize::new(0));
+        move |ch: Channel| {
+            let i = cursor.fetch_add(1, Ordering::Relaxed) % WARM;
+            Some(async move {
+                UserServiceClient::new(ch)
+                    .get_user(pb::GetUserRequest { name: name_of(i) })
+                    .await
+                    .map(drop)
+            })
+        }
+    };
+    let idle = run_load(rig, "Storm: GetUser idle", READERS, hits()).await;
+
+    let stop = Instant::now() + rig.args.duration;
+    let cursor = Arc::new(AtomicUsize::new(first));
+    let creators: Vec<_> = (0..CREATORS)
+        .map(|i| {
+            let channel = rig.channels[i % rig.channels.len()].clone();
+            let cursor = Arc::clone(&cursor);
+            tokio::spawn(async move {
+                let mut outcomes: Vec<(tonic::Code, Duration)> = Vec::new();
+                while Instant::now() < stop {
+                    let n = cursor.fetch_add(1, Ordering::Relaxed);
+                    let mut request = tonic::Request::new(pb::CreateUserRequest {
+                        name: name_of(n),
+                        password: "correct horse battery staple".into(),
+                        ..Default::default()
+                    });
+                    request.set_timeout(DEADLINE);
+                    let began = Instant::now();
+                    let code = match UserServiceClient::new(channel.clone())
+                        .create_user(request)
+                        .await
+                    {
+                        Ok(_) => tonic::Code::Ok,
+                        Err(status) => status.code(),
+                    };
+                    outcomes.push((code, began.elapsed()));
+                    if code == tonic::Code::ResourceExhausted {
+                        // A client honouring RetryInfo waits; this one
+                        // retries soon, to keep the storm up.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let during = run_load(rig, "Storm: GetUser during", READERS, hits()).await;
+    let mut by_code: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+    for creator in creators {
+        for (code, took) in creator.await.unwrap() {
+            by_code.entry(format!("{code:?}")).or_default().push(took);
+        }
+    }
+    for (code, mut took) in by_code {
+        took.sort();
+        println!(
+            "storm CreateUser {code:<18} {:>6} calls  median {:>8.2} ms  max {:>8.2} ms",
+            took.len(),
+            took[took.len() / 2].as_secs_f64() * 1000.0,
+            took[took.len() - 1].as_secs_f64() * 1000.0
+        );
+    }
+    let (idle99, during99) = (
+        idle.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        during.latency.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    println!(
+        "storm GetUser p99: idle {idle99:.2} ms, during {during99:.2} ms = {:.2}x (target <= 2x) {}",
+        during99 / idle99,
+        verdict(during99 <= 2.0 * idle99)
+    );
+    vec![idle, during]
 }
 
 fn verdict(ok: bool) -> &'static str {
