@@ -15,5 +15,6 @@ mod partition;
 mod postgres;
 mod redis_faults;
 mod rig;
+mod sentinel;
 mod storage;
 mod users;

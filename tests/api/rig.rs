@@ -408,7 +408,6 @@ impl Proxy {
     }
 
     /// Stops forwarding bytes (in both directions) without closing anything.
-    #[allow(dead_code)] // for replication held back under a failover
     pub fn hold(&self) {
         self.flowing.send_replace(false);
     }
