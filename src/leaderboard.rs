@@ -98,7 +98,7 @@ impl Leaderboard {
             }
             Recorded::Replayed(stats) => {
                 tracing::debug!("request_id seen before; replaying the first result");
-                let rank = self.current(&name, &user).await?.rank;
+                let rank = self.refresh(&name, &user).await?;
                 Ok(RankedStats { stats, rank })
             }
         }
@@ -184,6 +184,24 @@ impl Leaderboard {
             None => 0,
         };
         Ok(RankedStats { stats, rank })
+    }
+
+    /// For a replayed RecordGame: the first call committed, but its answer
+    /// may have been lost before it reached Redis (a connection cut while
+    /// its COMMIT was in flight), and no delivery round may have run since.
+    /// So the board gets the database's current values for the user before
+    /// the replay answers, as the first call would have done (the update
+    /// only moves a user forward, so this is safe whatever Redis holds).
+    /// Returns the user's current rank.
+    async fn refresh(&self, name: &UserName, user: &User) -> Result<u64, Error> {
+        let (stats, position) = self.store.find_stats(user).await?;
+        let Some(position) = position else {
+            return Ok(0);
+        };
+        match self.board.record(name.key(), &stats, position, 0).await {
+            Some(rank) => Ok(rank),
+            None => self.store.rank_of(position).await,
+        }
     }
 
     /// Keeps this process's copy of the board current, for the life of

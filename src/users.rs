@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::{
     cache::{UserCache, board::BoardCache},
@@ -62,6 +63,7 @@ impl Users {
             .replayed_user(UserMethod::CreateUser, request.as_ref(), name.key())
             .await?
         {
+            self.settle_replay(name.key(), None).await;
             return Ok(user);
         }
         let hash = self.hasher.hash(password, deadline).await?;
@@ -78,7 +80,10 @@ impl Users {
                 tracing::info!(user_id = %user.id, "user created");
                 Ok(user)
             }
-            Written::Replayed(user) => Ok(user),
+            Written::Replayed(user) => {
+                self.settle_replay(name.key(), None).await;
+                Ok(user)
+            }
         }
     }
 
@@ -103,6 +108,19 @@ impl Users {
         }
         tracing::debug!("request_id seen before; replaying the first result");
         Ok(Some(result))
+    }
+
+    /// For a replayed write: the first call committed, but its answer may
+    /// have been lost before it reached Redis (a connection cut while its
+    /// COMMIT was in flight), and no delivery round may have run since. So
+    /// the cached user goes (and, for a delete, the `deleted` user's board
+    /// entry), as after the first call, before the replay answers; a
+    /// failure closes this process's gate, as it would have then.
+    async fn settle_replay(&self, key: &NameKey, deleted: Option<Uuid>) {
+        self.cache.forget(key).await;
+        if let Some(id) = deleted {
+            self.board.remove(key, id, 0).await;
+        }
     }
 
     /// The first call's user for a retried `request`, if it committed.
@@ -198,6 +216,7 @@ impl Users {
             .replayed_user(UserMethod::ChangePassword, request.as_ref(), key)
             .await?
         {
+            self.settle_replay(key, None).await;
             return Ok(user);
         }
         let (user, old_hash, _) = self
@@ -216,7 +235,10 @@ impl Users {
                 tracing::info!(user_id = %user.id, "password changed");
                 Ok(user)
             }
-            Written::Replayed(user) => Ok(user),
+            Written::Replayed(user) => {
+                self.settle_replay(key, None).await;
+                Ok(user)
+            }
         }
     }
 
@@ -253,11 +275,12 @@ impl Users {
     #[tracing::instrument(skip_all, fields(user = %name.key()))]
     pub async fn delete(&self, name: UserName, request: Option<RequestId>) -> Result<(), Error> {
         let key = name.key();
-        if self
+        if let Some(result) = self
             .replayed(UserMethod::DeleteUser, request.as_ref(), key)
             .await?
-            .is_some()
         {
+            self.settle_replay(key, Uuid::from_slice(&result).ok())
+                .await;
             return Ok(());
         }
         match self.store.delete_user(key, request.as_ref()).await? {
@@ -271,7 +294,10 @@ impl Users {
                 tracing::info!(user_id = %id, "user deleted");
                 Ok(())
             }
-            Some(Written::Replayed(_)) => Ok(()),
+            Some(Written::Replayed(id)) => {
+                self.settle_replay(key, Some(id)).await;
+                Ok(())
+            }
             None => Err(Error::UserNotFound),
         }
     }

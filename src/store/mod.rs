@@ -546,6 +546,16 @@ fn fault_of(error: &DbErr) -> Fault {
     use sea_orm::sqlx::Error as Sqlx;
     match error {
         DbErr::ConnectionAcquire(_) => Fault::Transient,
+        // A new connection whose set-up was garbled: nothing was sent on it,
+        // and the database was not reached. A server that accepts and closes
+        // at once (a proxy or pooler with nothing behind it, a cut link)
+        // makes sqlx read its TLS answer from an empty socket and report
+        // "unexpected response from SSLRequest: 0x00" (measured, issue 9).
+        DbErr::Conn(RuntimeErr::SqlxError(inner))
+            if matches!(inner.as_ref(), Sqlx::Protocol(_)) =>
+        {
+            Fault::Transient
+        }
         DbErr::Exec(RuntimeErr::SqlxError(inner))
         | DbErr::Query(RuntimeErr::SqlxError(inner))
         | DbErr::Conn(RuntimeErr::SqlxError(inner)) => match inner.as_ref() {

@@ -13,6 +13,7 @@ mod lifecycle;
 mod lifecycle_users;
 mod partition;
 mod postgres;
+mod postgres_faults;
 mod redis_faults;
 mod rig;
 mod sentinel;

@@ -66,6 +66,20 @@ impl TestDatabase {
         url_for(&self.admin_url, &self.name)
     }
 
+    /// The server's `host:port`.
+    pub(crate) fn host_port(&self) -> String {
+        host_port_of(&self.admin_url)
+    }
+
+    /// The database's URL with the server reached at `host_port` instead
+    /// (a proxy in front of it).
+    pub(crate) fn url_via(&self, host_port: &str) -> String {
+        url_for(
+            &self.admin_url.replace(&self.host_port(), host_port),
+            &self.name,
+        )
+    }
+
     pub(crate) async fn drop_database(self) {
         self.admin
             .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
