@@ -84,13 +84,20 @@ impl Redis {
         }
     }
 
-    /// Closes `freshness` on every (re)connection: the Redis we reach now
-    /// may have lost writes (a restart, a failover) until a delivery round
-    /// has checked it.
+    /// Closes `freshness` whenever the connection breaks and on every
+    /// (re)connection: the Redis reached next may have lost writes (a
+    /// restart, a failover) until a delivery round has checked it. The
+    /// error closes it first: fred may send commands on a new connection
+    /// before its reconnect notification has run.
     pub fn close_on_reconnect(&self, freshness: &Arc<Freshness>) {
-        let freshness = Arc::clone(freshness);
+        let on_reconnect = Arc::clone(freshness);
         self.client.on_reconnect(move |_| {
-            freshness.withdraw();
+            on_reconnect.withdraw();
+            async { Ok(()) }
+        });
+        let on_error = Arc::clone(freshness);
+        self.client.on_error(move |_| {
+            on_error.withdraw();
             async { Ok(()) }
         });
     }

@@ -506,6 +506,15 @@ fn matches(state: &State, seen: &Seen) -> bool {
 }
 
 impl History {
+    /// The longest read (GetUser or GetUserStats), answered or not.
+    pub fn longest_read(&self) -> Duration {
+        self.reads
+            .iter()
+            .map(|read| read.completed - read.invoked)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Successful reads so far.
     pub fn reads_ok(&self) -> usize {
         self.reads.iter().filter(|read| read.seen.is_some()).count()
