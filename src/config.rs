@@ -102,6 +102,52 @@ pub struct Config {
     #[arg(long, env = "ROSTER_DRAIN_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_deadline: Duration,
 
+    /// Server certificate chain (PEM) for TLS; with `--tls-key`, the listener
+    /// speaks TLS 1.2/1.3 only. Re-read when it changes or on SIGHUP.
+    #[arg(long, env = "ROSTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Server private key (PEM) for TLS.
+    #[arg(long, env = "ROSTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// CA bundle (PEM) that client certificates must chain to (mTLS); the
+    /// verified certificate's SPIFFE URI SAN, else DNS SAN, else subject CN
+    /// is the caller's identity.
+    #[arg(long, env = "ROSTER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Whether a client certificate is required, or verified only when sent.
+    #[arg(long, env = "ROSTER_TLS_CLIENT_AUTH", value_enum, default_value_t = crate::access::tls::ClientAuth::Required)]
+    pub tls_client_auth: crate::access::tls::ClientAuth,
+
+    /// States that a service-mesh sidecar terminates TLS in front of Roster,
+    /// so listening without TLS on a non-loopback address is intended (no
+    /// warning at start).
+    #[arg(long, env = "ROSTER_MESH_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mesh_tls: bool,
+
+    /// Believe a mesh's forwarded caller identity: `envoy`
+    /// (x-forwarded-client-cert) or `linkerd` (l5d-client-id). Only safe when
+    /// the sidecar overwrites the header on every request: any caller can
+    /// send it.
+    #[arg(long, env = "ROSTER_TRUST_FORWARDED_IDENTITY", value_enum, default_value_t = crate::access::ForwardedIdentity::None)]
+    pub trust_forwarded_identity: crate::access::ForwardedIdentity,
+
+    /// Access policy (TOML): roles, grants of roles to identities, public
+    /// methods, bearer token hashes. Validated at start (a policy that does
+    /// not load refuses to start) and re-read when it changes or on SIGHUP.
+    /// Without one every method is open to every caller.
+    #[arg(long, env = "ROSTER_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
+
+    /// Per-caller quota on CreateUser, VerifyPassword and ChangePassword
+    /// together, in calls per second (bursts of twice that): `auto` lets
+    /// each caller use at most half the hashing capacity (measured at start),
+    /// `off` disables it, a number sets it.
+    #[arg(long, env = "ROSTER_CALLER_QUOTA", default_value = "auto")]
+    pub caller_quota: CallerQuotaSetting,
+
     /// Log format.
     #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -109,6 +155,32 @@ pub struct Config {
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,roster=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
+}
+
+/// The `--caller-quota` setting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CallerQuotaSetting {
+    /// Half the hashing capacity per caller.
+    Auto,
+    /// No quota.
+    Off,
+    /// This many calls per second per caller.
+    PerSecond(u32),
+}
+
+impl std::str::FromStr for CallerQuotaSetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "off" | "0" => Ok(Self::Off),
+            number => number
+                .parse()
+                .map(Self::PerSecond)
+                .map_err(|_| format!("expected auto, off or a number, got {number:?}")),
+        }
+    }
 }
 
 /// How log lines are written to standard output.

@@ -55,6 +55,18 @@ pub enum Error {
         /// When a slot is expected to be free.
         retry_after: std::time::Duration,
     },
+    /// The method needs a caller identity and the call has none.
+    #[error("caller identity required")]
+    Unauthenticated,
+    /// The caller's identity may not call the method.
+    #[error("method not allowed for this caller")]
+    PermissionDenied,
+    /// The caller used up its quota of calls that hash a password.
+    #[error("caller quota exceeded")]
+    CallerQuotaExceeded {
+        /// When the caller's bucket has room again.
+        retry_after: std::time::Duration,
+    },
     /// A fault on our side; details go to the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn StdError + Send + Sync>),
@@ -65,14 +77,37 @@ impl Error {
     pub fn internal(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
         Self::Internal(error.into())
     }
+
+    /// The stable reason callers see in google.rpc.ErrorInfo (and the
+    /// audit trail records).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(violations) => {
+                violations.first().map_or("INVALID_ARGUMENT", |v| v.reason)
+            }
+            Error::UserAlreadyExists => "USER_ALREADY_EXISTS",
+            Error::UserNotFound => "USER_NOT_FOUND",
+            Error::StatsOverflow(_) => "STATS_OVERFLOW",
+            Error::DatabaseUnavailable(_) => "DATABASE_UNAVAILABLE",
+            Error::StorageFull(_) => "STORAGE_FULL",
+            Error::StorageFailed(_) => "STORAGE_UNAVAILABLE",
+            Error::TooManyAttempts { .. } => "TOO_MANY_FAILED_ATTEMPTS",
+            Error::InvalidCredentials => "INVALID_CREDENTIALS",
+            Error::ConcurrentUpdate => "CONCURRENT_UPDATE",
+            Error::HashingSaturated { .. } => "HASHING_CAPACITY_EXHAUSTED",
+            Error::Unauthenticated => "IDENTITY_REQUIRED",
+            Error::PermissionDenied => "METHOD_NOT_ALLOWED",
+            Error::CallerQuotaExceeded { .. } => "CALLER_QUOTA_EXCEEDED",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
 }
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
-        let (code, message, details) = match &error {
+        let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, []);
+        let (code, message) = match &error {
             Error::InvalidArgument(violations) => {
-                let reason = violations.first().map_or("INVALID_ARGUMENT", |v| v.reason);
-                let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
                 details.set_bad_request(
                     violations
                         .iter()
@@ -89,75 +124,73 @@ impl From<Error> for tonic::Status {
                     .map(|v| format!("{}: {}", v.field, v.description))
                     .collect::<Vec<_>>()
                     .join("; ");
-                (Code::InvalidArgument, message, details)
+                (Code::InvalidArgument, message)
             }
             Error::UserAlreadyExists => (
                 Code::AlreadyExists,
                 "a user with this name already exists".to_owned(),
-                info("USER_ALREADY_EXISTS"),
             ),
-            Error::UserNotFound => (
-                Code::NotFound,
-                "no user with this name".to_owned(),
-                info("USER_NOT_FOUND"),
-            ),
+            Error::UserNotFound => (Code::NotFound, "no user with this name".to_owned()),
             Error::StatsOverflow(_) => (
                 Code::FailedPrecondition,
                 "the game would overflow the user's statistics; nothing was recorded".to_owned(),
-                info("STATS_OVERFLOW"),
             ),
             Error::DatabaseUnavailable(_) => (
                 Code::Unavailable,
                 "the database is unavailable; retry later".to_owned(),
-                info("DATABASE_UNAVAILABLE"),
             ),
             // gRPC's own definition of RESOURCE_EXHAUSTED names "the entire
             // file system is out of space".
             Error::StorageFull(_) => (
                 Code::ResourceExhausted,
                 "the database's storage is full; nothing was written".to_owned(),
-                info("STORAGE_FULL"),
             ),
             Error::StorageFailed(_) => (
                 Code::Unavailable,
                 "the database's storage is failing; the write may not have been stored, \
                  retry with the same request_id"
                     .to_owned(),
-                info("STORAGE_UNAVAILABLE"),
             ),
             Error::TooManyAttempts { retry_after } => {
-                let mut details = info("TOO_MANY_FAILED_ATTEMPTS");
                 details.set_retry_info(Some(*retry_after));
                 (
                     Code::ResourceExhausted,
                     "too many failed attempts; retry later".to_owned(),
-                    details,
                 )
             }
-            Error::InvalidCredentials => (
-                Code::Unauthenticated,
-                "invalid name or password".to_owned(),
-                info("INVALID_CREDENTIALS"),
-            ),
+            Error::InvalidCredentials => {
+                (Code::Unauthenticated, "invalid name or password".to_owned())
+            }
             Error::ConcurrentUpdate => (
                 Code::Aborted,
                 "the user changed concurrently; retry".to_owned(),
-                info("CONCURRENT_UPDATE"),
             ),
             Error::HashingSaturated { retry_after } => {
-                let mut details = info("HASHING_CAPACITY_EXHAUSTED");
                 details.set_retry_info(Some(*retry_after));
                 (
                     Code::ResourceExhausted,
                     "the server is busy hashing passwords; retry later".to_owned(),
-                    details,
                 )
             }
-            Error::Internal(_) => (
-                Code::Internal,
-                "internal error".to_owned(),
-                info("INTERNAL"),
+            Error::Unauthenticated => (
+                Code::Unauthenticated,
+                "this method needs a caller identity (a client certificate, a mesh identity \
+                 or a bearer token)"
+                    .to_owned(),
             ),
+            Error::PermissionDenied => (
+                Code::PermissionDenied,
+                "the caller may not call this method".to_owned(),
+            ),
+            Error::CallerQuotaExceeded { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                (
+                    Code::ResourceExhausted,
+                    "this caller's quota of password checks and changes is used up; retry later"
+                        .to_owned(),
+                )
+            }
+            Error::Internal(_) => (Code::Internal, "internal error".to_owned()),
         };
         match &error {
             Error::Internal(_) | Error::DatabaseUnavailable(_) => {
@@ -168,10 +201,6 @@ impl From<Error> for tonic::Status {
         }
         tonic::Status::with_error_details(code, message, details)
     }
-}
-
-fn info(reason: &str) -> ErrorDetails {
-    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, [])
 }
 
 /// Displays an error followed by every `source()` in its chain.

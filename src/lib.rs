@@ -6,6 +6,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)
 )]
 
+pub mod access;
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod credentials;

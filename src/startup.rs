@@ -13,8 +13,12 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    access::{
+        self, Access, CallerQuota,
+        tls::{Tls, TlsFiles},
+    },
     cache::{Freshness, Redis, UserCache, board::BoardCache, outbox::OutboxCache},
-    config::Config,
+    config::{CallerQuotaSetting, Config},
     credentials::{HashPolicy, PasswordHasher},
     delivery::Delivery,
     grpc::{LeaderboardServiceImpl, UserServiceImpl},
@@ -48,6 +52,8 @@ pub struct Application {
     users: Users,
     leaderboard: Leaderboard,
     delivery: Delivery,
+    access: Access,
+    tls: Option<Tls>,
 }
 
 impl Application {
@@ -85,6 +91,44 @@ impl Application {
                 max_delay: config.login_max_delay,
             },
         );
+        let quota = match config.caller_quota {
+            CallerQuotaSetting::Off => CallerQuota::new(0, 0),
+            CallerQuotaSetting::PerSecond(rate) => CallerQuota::new(rate, rate.saturating_mul(2)),
+            CallerQuotaSetting::Auto => {
+                // Half of what the hashing slots can do per second.
+                let capacity = hasher.slots() as f64 / hasher.hash_time().as_secs_f64().max(1e-3);
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let rate = ((capacity / 2.0).ceil() as u32).max(1);
+                tracing::info!(
+                    per_second = rate,
+                    "per-caller quota on password hashing calls"
+                );
+                CallerQuota::new(rate, rate.saturating_mul(2))
+            }
+        };
+        let access = Access::new(
+            config.policy.clone(),
+            access::served_methods(),
+            config.trust_forwarded_identity,
+            quota,
+        )?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+                client_auth: config.tls_client_auth,
+            })?),
+            _ => None,
+        };
+        if tls.is_none() && !config.mesh_tls && !config.listen_addr.ip().is_loopback() {
+            tracing::warn!(
+                address = %config.listen_addr,
+                "listening without TLS on a non-loopback address: calls and passwords cross \
+                 the network in plaintext. Set --tls-cert/--tls-key, or --mesh-tls when a \
+                 mesh sidecar terminates TLS in front of Roster"
+            );
+        }
         let listener = TcpListener::bind(config.listen_addr).await?;
         let board = BoardCache::new(
             redis.clone(),
@@ -110,6 +154,8 @@ impl Application {
             users,
             leaderboard,
             delivery,
+            access,
+            tls,
         })
     }
 
@@ -139,6 +185,8 @@ impl Application {
             users,
             leaderboard,
             delivery,
+            access,
+            tls,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -162,26 +210,41 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(access.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(user_service)
             .add_service(leaderboard_service);
-        // `tcp_nodelay` above only applies to listeners tonic binds itself;
-        // without it on our accepted sockets, a response larger than a few
-        // hundred bytes waits ~40 ms for the client's delayed ACK (Nagle).
-        let incoming = TcpListenerStream::new(listener).map(|connection| {
-            if let Ok(stream) = &connection
-                && let Err(error) = stream.set_nodelay(true)
-            {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
+        let stop_serving = async {
+            drop(stopped.await);
+        };
+        // Reloads the policy on change or SIGHUP; prunes quota buckets.
+        let access_upkeep = tokio::spawn(access.maintain());
+        let mut tls_upkeep = None;
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = match tls {
+            Some(tls) => {
+                tls_upkeep = Some(tokio::spawn(tls.clone().watch()));
+                tokio::spawn(
+                    router.serve_with_incoming_shutdown(tls.incoming(listener), stop_serving),
+                )
             }
-            connection
-        });
-        let mut server: JoinHandle<Result<(), tonic::transport::Error>> =
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-                drop(stopped.await);
-            }));
+            None => {
+                // `tcp_nodelay` above only applies to listeners tonic binds
+                // itself; without it on our accepted sockets, a response larger
+                // than a few hundred bytes waits ~40 ms for the client's
+                // delayed ACK (Nagle).
+                let incoming = TcpListenerStream::new(listener).map(|connection| {
+                    if let Ok(stream) = &connection
+                        && let Err(error) = stream.set_nodelay(true)
+                    {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                    connection
+                });
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop_serving))
+            }
+        };
         let watcher = tokio::spawn(watch_database(
             store.clone(),
             health.clone(),
@@ -193,6 +256,10 @@ impl Application {
             result = &mut server => {
                 watcher.abort();
                 maintenance.abort();
+                access_upkeep.abort();
+                if let Some(upkeep) = tls_upkeep {
+                    upkeep.abort();
+                }
                 return Ok(result??);
             }
             () = shutdown => {}
@@ -214,6 +281,10 @@ impl Application {
             }
         }
         maintenance.abort();
+        access_upkeep.abort();
+        if let Some(upkeep) = tls_upkeep {
+            upkeep.abort();
+        }
         if let Some(redis) = redis {
             redis.quit().await;
         }

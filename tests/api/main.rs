@@ -1,6 +1,7 @@
 //! Roster's integration tests: a real server on port 0 per test, a real SQLite
 //! file, a private redis-server, and a real tonic client over TCP.
 
+mod access;
 mod board_copy;
 mod cache;
 mod consistency;

@@ -1,0 +1,330 @@
+//! TLS and mTLS for the gRPC listener (rustls, TLS 1.2 and 1.3 only): the
+//! server certificate and key from PEM files, optionally client
+//! certificates verified against a CA bundle (required or optional). The
+//! files are read again when they change (checked every few seconds) or on
+//! SIGHUP: new connections use the new certificate, connections already open
+//! (and their calls in flight) keep theirs. A file that does not load leaves
+//! the last good configuration in place.
+//!
+//! Built on tokio-rustls rather than tonic's `ServerTlsConfig`, whose
+//! configuration is fixed when the server starts (no rotation).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    server::{
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+    sign::CertifiedKey,
+};
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Whether a client certificate is required or only verified when sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuth {
+    /// Connections without a valid client certificate are refused.
+    Required,
+    /// A client certificate is verified if sent; callers without one fall
+    /// back to the other identities (mesh header, bearer token) or none.
+    Optional,
+}
+
+/// Where the TLS material is.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle for client certificates (PEM); `None`: no client auth.
+    pub client_ca: Option<PathBuf>,
+    /// Required or optional, when `client_ca` is set.
+    pub client_auth: ClientAuth,
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the files are checked for changes.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The listener's TLS: an acceptor whose certificate and client verifier
+/// can be replaced while it runs.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    reloader: Arc<Reloader>,
+}
+
+struct Reloader {
+    files: TlsFiles,
+    provider: Arc<CryptoProvider>,
+    cert: Arc<SwappableCert>,
+    verifier: Arc<SwappableVerifier>,
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl Tls {
+    /// Loads the files; fails (refusing to start) if they do not load.
+    pub fn load(files: TlsFiles) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (key, verifier) = load(&files, &provider)?;
+        let cert = Arc::new(SwappableCert(ArcSwap::from_pointee(key)));
+        let verifier = Arc::new(SwappableVerifier(ArcSwap::from_pointee(verifier)));
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(Arc::clone(&verifier) as Arc<dyn ClientCertVerifier>)
+            .with_cert_resolver(Arc::clone(&cert) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let reloader = Arc::new(Reloader {
+            stamps: Mutex::new(stamps(&files)),
+            files,
+            provider,
+            cert,
+            verifier,
+        });
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            reloader,
+        })
+    }
+
+    /// Reads the files again and, if they load, uses them for new
+    /// connections. Returns whether anything changed.
+    pub fn reload(&self) -> Result<(), String> {
+        self.reloader.reload()
+    }
+
+    /// Reloads whenever the files change or SIGHUP arrives, for as long as
+    /// it runs.
+    pub async fn watch(self) {
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = check.tick() => false,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                check.tick().await;
+                false
+            };
+            let changed = {
+                let current = stamps(&self.reloader.files);
+                let mut known = self
+                    .reloader
+                    .stamps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let changed = *known != current;
+                *known = current;
+                changed
+            };
+            if forced || changed {
+                match self.reload() {
+                    Ok(()) => tracing::info!(
+                        forced,
+                        "TLS certificate, key and client CA reloaded; new connections use them"
+                    ),
+                    Err(error) => tracing::error!(
+                        %error,
+                        "TLS files did not load; keeping the previous ones"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Accepts TLS connections from `listener`, each handshake in its own
+    /// task (a slow client never holds up the others), and yields the
+    /// finished ones.
+    pub fn incoming(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+        let (sender, receiver) = mpsc::channel(128);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::debug!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                let acceptor = self.acceptor.clone();
+                let handed = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            handed.send(Ok(tls)).await.ok();
+                        }
+                        Ok(Err(error)) => crate::audit::handshake_refused(peer, &error),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), String> {
+        let (key, verifier) = load(&self.files, &self.provider)?;
+        self.cert.0.store(Arc::new(key));
+        self.verifier.0.store(Arc::new(verifier));
+        Ok(())
+    }
+}
+
+/// The files' modification times (to notice a change).
+fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+fn load(
+    files: &TlsFiles,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(CertifiedKey, Arc<dyn ClientCertVerifier>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| describe(&files.cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| describe(&files.cert, e))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| describe(&files.key, e))?;
+    let key = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
+    let verifier = match &files.client_ca {
+        None => WebPkiClientVerifier::no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| describe(path, e))? {
+                roots
+                    .add(cert.map_err(|e| describe(path, e))?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+            let builder = match files.client_auth {
+                ClientAuth::Required => builder,
+                ClientAuth::Optional => builder.allow_unauthenticated(),
+            };
+            builder
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    Ok((key, verifier))
+}
+
+fn describe(path: &Path, error: impl fmt::Display) -> String {
+    format!("{}: {error}", path.display())
+}
+
+/// The server certificate, replaceable while the listener runs.
+#[derive(Debug)]
+struct SwappableCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The client certificate verifier, replaceable while the listener runs.
+/// Sends no CA hints to clients (the hints would have to outlive a reload);
+/// clients with one certificate, the usual case, do not need them.
+struct SwappableVerifier(ArcSwap<Arc<dyn ClientCertVerifier>>);
+
+impl fmt::Debug for SwappableVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SwappableVerifier")
+    }
+}
+
+impl ClientCertVerifier for SwappableVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.load().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.load().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
+}
