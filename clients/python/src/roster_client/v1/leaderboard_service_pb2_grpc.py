@@ -30,8 +30,11 @@ class LeaderboardServiceStub:
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -39,8 +42,11 @@ class LeaderboardServiceStub:
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
     user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-    retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+    nothing was recorded. Reads keep working.
     """
 
     def __init__(self, channel):
@@ -76,8 +82,11 @@ class LeaderboardServiceServicer:
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -85,8 +94,11 @@ class LeaderboardServiceServicer:
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
     user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-    retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+    nothing was recorded. Reads keep working.
     """
 
     def RecordGame(self, request, context):
@@ -156,8 +168,11 @@ class LeaderboardService:
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -165,8 +180,11 @@ class LeaderboardService:
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
     user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-    retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+    nothing was recorded. Reads keep working.
     """
 
     @staticmethod

@@ -33,8 +33,11 @@ class LeaderboardServiceStub:
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -42,8 +45,11 @@ class LeaderboardServiceStub:
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
       user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-      retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+      DATABASE_UNAVAILABLE), or its storage is failing (reason
+      STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+      nothing was recorded. Reads keep working.
     """
 
     @_typing.overload
@@ -70,8 +76,11 @@ class LeaderboardServiceAsyncStub(LeaderboardServiceStub):
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -79,8 +88,11 @@ class LeaderboardServiceAsyncStub(LeaderboardServiceStub):
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
       user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-      retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+      DATABASE_UNAVAILABLE), or its storage is failing (reason
+      STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+      nothing was recorded. Reads keep working.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,8 +115,11 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
 
     The board ranks every user with at least one game by best_score, highest
     first; equal scores are ordered by who reached that score first. Ranks are
-    1-based, unique and gapless, and computed when read, so they are never stale:
-    once RecordGame has returned, every later call reflects it.
+    1-based, unique and gapless, and computed when read. Once RecordGame has
+    returned, every later call on any replica reflects it; if the replica that
+    recorded the game could not reach Redis, calls on other replicas reflect
+    it within the staleness bound (1 s by default), and calls on that replica
+    read the database until it can.
 
     Errors carry google.rpc.ErrorInfo (domain "roster", a stable `reason`) and,
     for INVALID_ARGUMENT, google.rpc.BadRequest field violations:
@@ -112,8 +127,11 @@ class LeaderboardServiceServicer(metaclass=_abc_1.ABCMeta):
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
     - FAILED_PRECONDITION (reason STATS_OVERFLOW): the game would overflow the
       user's 64-bit total_score or games_played; nothing was recorded.
-    - UNAVAILABLE: the database is unreachable or busy. RecordGame is safe to
-      retry only with a request_id.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+      DATABASE_UNAVAILABLE), or its storage is failing (reason
+      STORAGE_UNAVAILABLE). RecordGame is safe to retry only with a request_id.
+    - RESOURCE_EXHAUSTED (reason STORAGE_FULL): the database's storage is full;
+      nothing was recorded. Reads keep working.
     """
 
     @_abc_1.abstractmethod

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croster/v1/user_service.proto\x12\troster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"3\n\x12\x43reateUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"7\n\x15VerifyPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"F\n\x16VerifyPasswordResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.roster.v1.User\"U\n\x15\x43hangePasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\"7\n\x16\x43hangePasswordResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"!\n\x11\x44\x65leteUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x11ListUsersResponse\x12\x1e\n\x05users\x18\x01 \x03(\x0b\x32\x0f.roster.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xdb\x03\n\x0bUserService\x12I\n\nCreateUser\x12\x1c.roster.v1.CreateUserRequest\x1a\x1d.roster.v1.CreateUserResponse\x12@\n\x07GetUser\x12\x19.roster.v1.GetUserRequest\x1a\x1a.roster.v1.GetUserResponse\x12U\n\x0eVerifyPassword\x12 .roster.v1.VerifyPasswordRequest\x1a!.roster.v1.VerifyPasswordResponse\x12U\n\x0e\x43hangePassword\x12 .roster.v1.ChangePasswordRequest\x1a!.roster.v1.ChangePasswordResponse\x12I\n\nDeleteUser\x12\x1c.roster.v1.DeleteUserRequest\x1a\x1d.roster.v1.DeleteUserResponse\x12\x46\n\tListUsers\x12\x1b.roster.v1.ListUsersRequest\x1a\x1c.roster.v1.ListUsersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croster/v1/user_service.proto\x12\troster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"3\n\x12\x43reateUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetUserResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"7\n\x15VerifyPasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"F\n\x16VerifyPasswordResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.roster.v1.User\"i\n\x15\x43hangePasswordRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x63urrent_password\x18\x02 \x01(\t\x12\x14\n\x0cnew_password\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"7\n\x16\x43hangePasswordResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.roster.v1.User\"5\n\x11\x44\x65leteUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x11ListUsersResponse\x12\x1e\n\x05users\x18\x01 \x03(\x0b\x32\x0f.roster.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xdb\x03\n\x0bUserService\x12I\n\nCreateUser\x12\x1c.roster.v1.CreateUserRequest\x1a\x1d.roster.v1.CreateUserResponse\x12@\n\x07GetUser\x12\x19.roster.v1.GetUserRequest\x1a\x1a.roster.v1.GetUserResponse\x12U\n\x0eVerifyPassword\x12 .roster.v1.VerifyPasswordRequest\x1a!.roster.v1.VerifyPasswordResponse\x12U\n\x0e\x43hangePassword\x12 .roster.v1.ChangePasswordRequest\x1a!.roster.v1.ChangePasswordResponse\x12I\n\nDeleteUser\x12\x1c.roster.v1.DeleteUserRequest\x1a\x1d.roster.v1.DeleteUserResponse\x12\x46\n\tListUsers\x12\x1b.roster.v1.ListUsersRequest\x1a\x1c.roster.v1.ListUsersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USER']._serialized_start=77
   _globals['_USER']._serialized_end=207
   _globals['_CREATEUSERREQUEST']._serialized_start=209
-  _globals['_CREATEUSERREQUEST']._serialized_end=260
-  _globals['_CREATEUSERRESPONSE']._serialized_start=262
-  _globals['_CREATEUSERRESPONSE']._serialized_end=313
-  _globals['_GETUSERREQUEST']._serialized_start=315
-  _globals['_GETUSERREQUEST']._serialized_end=345
-  _globals['_GETUSERRESPONSE']._serialized_start=347
-  _globals['_GETUSERRESPONSE']._serialized_end=395
-  _globals['_VERIFYPASSWORDREQUEST']._serialized_start=397
-  _globals['_VERIFYPASSWORDREQUEST']._serialized_end=452
-  _globals['_VERIFYPASSWORDRESPONSE']._serialized_start=454
-  _globals['_VERIFYPASSWORDRESPONSE']._serialized_end=524
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=526
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=611
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=613
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=668
-  _globals['_DELETEUSERREQUEST']._serialized_start=670
-  _globals['_DELETEUSERREQUEST']._serialized_end=703
-  _globals['_DELETEUSERRESPONSE']._serialized_start=705
-  _globals['_DELETEUSERRESPONSE']._serialized_end=725
-  _globals['_LISTUSERSREQUEST']._serialized_start=727
-  _globals['_LISTUSERSREQUEST']._serialized_end=784
-  _globals['_LISTUSERSRESPONSE']._serialized_start=786
-  _globals['_LISTUSERSRESPONSE']._serialized_end=862
-  _globals['_USERSERVICE']._serialized_start=865
-  _globals['_USERSERVICE']._serialized_end=1340
+  _globals['_CREATEUSERREQUEST']._serialized_end=280
+  _globals['_CREATEUSERRESPONSE']._serialized_start=282
+  _globals['_CREATEUSERRESPONSE']._serialized_end=333
+  _globals['_GETUSERREQUEST']._serialized_start=335
+  _globals['_GETUSERREQUEST']._serialized_end=365
+  _globals['_GETUSERRESPONSE']._serialized_start=367
+  _globals['_GETUSERRESPONSE']._serialized_end=415
+  _globals['_VERIFYPASSWORDREQUEST']._serialized_start=417
+  _globals['_VERIFYPASSWORDREQUEST']._serialized_end=472
+  _globals['_VERIFYPASSWORDRESPONSE']._serialized_start=474
+  _globals['_VERIFYPASSWORDRESPONSE']._serialized_end=544
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=546
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=651
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=653
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=708
+  _globals['_DELETEUSERREQUEST']._serialized_start=710
+  _globals['_DELETEUSERREQUEST']._serialized_end=763
+  _globals['_DELETEUSERRESPONSE']._serialized_start=765
+  _globals['_DELETEUSERRESPONSE']._serialized_end=785
+  _globals['_LISTUSERSREQUEST']._serialized_start=787
+  _globals['_LISTUSERSREQUEST']._serialized_end=844
+  _globals['_LISTUSERSRESPONSE']._serialized_start=846
+  _globals['_LISTUSERSRESPONSE']._serialized_end=922
+  _globals['_USERSERVICE']._serialized_start=925
+  _globals['_USERSERVICE']._serialized_end=1400
 # @@protoc_insertion_point(module_scope)

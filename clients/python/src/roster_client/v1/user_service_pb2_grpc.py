@@ -33,14 +33,25 @@ class UserServiceStub:
     - INVALID_ARGUMENT: a field breaks a rule documented on it.
     - ALREADY_EXISTS (reason USER_ALREADY_EXISTS): the name is taken.
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
-    - UNAVAILABLE: the database is unreachable or busy; safe to retry reads.
-    - RESOURCE_EXHAUSTED: password hashing is saturated and the call's deadline
-    would pass before a hashing slot frees up (reason
-    HASHING_CAPACITY_EXHAUSTED), or too many failed password checks for one
-    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo);
-    retry after the delay.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE: a write may or may not have been stored). Safe to
+    retry reads; retry writes with a request_id.
+    - RESOURCE_EXHAUSTED: the database's storage is full (reason STORAGE_FULL;
+    nothing was written, reads keep working); or password hashing is
+    saturated and the call's deadline would pass before its turn and its
+    hash are done (reason HASHING_CAPACITY_EXHAUSTED, answered at once with
+    google.rpc.RetryInfo); or too many failed password checks for one
+    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo).
+    Retry after the delay.
     - UNAUTHENTICATED (reason INVALID_CREDENTIALS): ChangePassword's current
     password is wrong, or the user does not exist (the two are not told apart).
+
+    Consistency: a write acknowledged by any replica is seen by every read
+    that starts at least one staleness bound (1 s by default) after the
+    acknowledgement, on every replica that reaches the database, whether or
+    not the writer reached Redis; when the writer reached Redis (the usual
+    case), by every read that starts after the acknowledgement.
     """
 
     def __init__(self, channel):
@@ -89,14 +100,25 @@ class UserServiceServicer:
     - INVALID_ARGUMENT: a field breaks a rule documented on it.
     - ALREADY_EXISTS (reason USER_ALREADY_EXISTS): the name is taken.
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
-    - UNAVAILABLE: the database is unreachable or busy; safe to retry reads.
-    - RESOURCE_EXHAUSTED: password hashing is saturated and the call's deadline
-    would pass before a hashing slot frees up (reason
-    HASHING_CAPACITY_EXHAUSTED), or too many failed password checks for one
-    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo);
-    retry after the delay.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE: a write may or may not have been stored). Safe to
+    retry reads; retry writes with a request_id.
+    - RESOURCE_EXHAUSTED: the database's storage is full (reason STORAGE_FULL;
+    nothing was written, reads keep working); or password hashing is
+    saturated and the call's deadline would pass before its turn and its
+    hash are done (reason HASHING_CAPACITY_EXHAUSTED, answered at once with
+    google.rpc.RetryInfo); or too many failed password checks for one
+    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo).
+    Retry after the delay.
     - UNAUTHENTICATED (reason INVALID_CREDENTIALS): ChangePassword's current
     password is wrong, or the user does not exist (the two are not told apart).
+
+    Consistency: a write acknowledged by any replica is seen by every read
+    that starts at least one staleness bound (1 s by default) after the
+    acknowledgement, on every replica that reaches the database, whether or
+    not the writer reached Redis; when the writer reached Redis (the usual
+    case), by every read that starts after the acknowledgement.
     """
 
     def CreateUser(self, request, context):
@@ -200,14 +222,25 @@ class UserService:
     - INVALID_ARGUMENT: a field breaks a rule documented on it.
     - ALREADY_EXISTS (reason USER_ALREADY_EXISTS): the name is taken.
     - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
-    - UNAVAILABLE: the database is unreachable or busy; safe to retry reads.
-    - RESOURCE_EXHAUSTED: password hashing is saturated and the call's deadline
-    would pass before a hashing slot frees up (reason
-    HASHING_CAPACITY_EXHAUSTED), or too many failed password checks for one
-    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo);
-    retry after the delay.
+    - UNAVAILABLE: the database is unreachable or busy (reason
+    DATABASE_UNAVAILABLE), or its storage is failing (reason
+    STORAGE_UNAVAILABLE: a write may or may not have been stored). Safe to
+    retry reads; retry writes with a request_id.
+    - RESOURCE_EXHAUSTED: the database's storage is full (reason STORAGE_FULL;
+    nothing was written, reads keep working); or password hashing is
+    saturated and the call's deadline would pass before its turn and its
+    hash are done (reason HASHING_CAPACITY_EXHAUSTED, answered at once with
+    google.rpc.RetryInfo); or too many failed password checks for one
+    account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo).
+    Retry after the delay.
     - UNAUTHENTICATED (reason INVALID_CREDENTIALS): ChangePassword's current
     password is wrong, or the user does not exist (the two are not told apart).
+
+    Consistency: a write acknowledged by any replica is seen by every read
+    that starts at least one staleness bound (1 s by default) after the
+    acknowledgement, on every replica that reaches the database, whether or
+    not the writer reached Redis; when the writer reached Redis (the usual
+    case), by every read that starts after the acknowledgement.
     """
 
     @staticmethod

@@ -62,6 +62,17 @@ export interface CreateUserRequest {
    * regard to case).
    */
   password: string;
+  /**
+   * Optional idempotency key (AIP-155), at most 64 bytes with no control
+   * characters (a UUID is a good choice). A retry with the same request_id
+   * within at least 24 hours does not run again: it returns the first
+   * call's result (the user it created), instead of ALREADY_EXISTS. Use it whenever a call may be retried after
+   * UNAVAILABLE, DEADLINE_EXCEEDED or a lost connection, when whether the
+   * first call committed cannot be known. A request_id already used for
+   * another user is INVALID_ARGUMENT (reason REQUEST_ID_REUSED). Empty means
+   * no idempotency.
+   */
+  requestId: string;
 }
 
 /** Response for CreateUser. */
@@ -115,6 +126,18 @@ export interface ChangePasswordRequest {
    * must not be a common password or the user's own name.
    */
   newPassword: string;
+  /**
+   * Optional idempotency key (AIP-155), at most 64 bytes with no control
+   * characters (a UUID is a good choice). A retry with the same request_id
+   * within at least 24 hours does not run again: it returns the first
+   * call's result, instead of UNAUTHENTICATED (the current password has
+   * changed). Use it whenever a call may be retried after
+   * UNAVAILABLE, DEADLINE_EXCEEDED or a lost connection, when whether the
+   * first call committed cannot be known. A request_id already used for
+   * another user is INVALID_ARGUMENT (reason REQUEST_ID_REUSED). Empty means
+   * no idempotency.
+   */
+  requestId: string;
 }
 
 /** Response for ChangePassword. */
@@ -127,6 +150,17 @@ export interface ChangePasswordResponse {
 export interface DeleteUserRequest {
   /** The user's name; the rules of CreateUserRequest.name apply. */
   name: string;
+  /**
+   * Optional idempotency key (AIP-155), at most 64 bytes with no control
+   * characters (a UUID is a good choice). A retry with the same request_id
+   * within at least 24 hours does not run again: it returns the first
+   * call's result (success), instead of NOT_FOUND. Use it whenever a call may be retried after
+   * UNAVAILABLE, DEADLINE_EXCEEDED or a lost connection, when whether the
+   * first call committed cannot be known. A request_id already used for
+   * another user is INVALID_ARGUMENT (reason REQUEST_ID_REUSED). Empty means
+   * no idempotency.
+   */
+  requestId: string;
 }
 
 /** Response for DeleteUser. */
@@ -281,7 +315,7 @@ export const User: MessageFns<User> = {
 };
 
 function createBaseCreateUserRequest(): CreateUserRequest {
-  return { name: "", password: "" };
+  return { name: "", password: "", requestId: "" };
 }
 
 export const CreateUserRequest: MessageFns<CreateUserRequest> = {
@@ -291,6 +325,9 @@ export const CreateUserRequest: MessageFns<CreateUserRequest> = {
     }
     if (message.password !== "") {
       writer.uint32(18).string(message.password);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(26).string(message.requestId);
     }
     return writer;
   },
@@ -324,6 +361,14 @@ export const CreateUserRequest: MessageFns<CreateUserRequest> = {
             message.password = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -340,6 +385,11 @@ export const CreateUserRequest: MessageFns<CreateUserRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       password: isSet(object.password) ? globalThis.String(object.password) : "",
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -351,6 +401,9 @@ export const CreateUserRequest: MessageFns<CreateUserRequest> = {
     if (message.password !== "") {
       obj.password = message.password;
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -361,6 +414,7 @@ export const CreateUserRequest: MessageFns<CreateUserRequest> = {
     const message = createBaseCreateUserRequest();
     message.name = object.name ?? "";
     message.password = object.password ?? "";
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -737,7 +791,7 @@ export const VerifyPasswordResponse: MessageFns<VerifyPasswordResponse> = {
 };
 
 function createBaseChangePasswordRequest(): ChangePasswordRequest {
-  return { name: "", currentPassword: "", newPassword: "" };
+  return { name: "", currentPassword: "", newPassword: "", requestId: "" };
 }
 
 export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
@@ -750,6 +804,9 @@ export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
     }
     if (message.newPassword !== "") {
       writer.uint32(26).string(message.newPassword);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(34).string(message.requestId);
     }
     return writer;
   },
@@ -791,6 +848,14 @@ export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
             message.newPassword = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -816,6 +881,11 @@ export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
         : isSet(object.new_password)
         ? globalThis.String(object.new_password)
         : "",
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
     };
   },
 
@@ -830,6 +900,9 @@ export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
     if (message.newPassword !== "") {
       obj.newPassword = message.newPassword;
     }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
     return obj;
   },
 
@@ -841,6 +914,7 @@ export const ChangePasswordRequest: MessageFns<ChangePasswordRequest> = {
     message.name = object.name ?? "";
     message.currentPassword = object.currentPassword ?? "";
     message.newPassword = object.newPassword ?? "";
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -913,13 +987,16 @@ export const ChangePasswordResponse: MessageFns<ChangePasswordResponse> = {
 };
 
 function createBaseDeleteUserRequest(): DeleteUserRequest {
-  return { name: "" };
+  return { name: "", requestId: "" };
 }
 
 export const DeleteUserRequest: MessageFns<DeleteUserRequest> = {
   encode(message: DeleteUserRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(18).string(message.requestId);
     }
     return writer;
   },
@@ -945,6 +1022,14 @@ export const DeleteUserRequest: MessageFns<DeleteUserRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -958,13 +1043,23 @@ export const DeleteUserRequest: MessageFns<DeleteUserRequest> = {
   },
 
   fromJSON(object: any): DeleteUserRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+    };
   },
 
   toJSON(message: DeleteUserRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
     }
     return obj;
   },
@@ -975,6 +1070,7 @@ export const DeleteUserRequest: MessageFns<DeleteUserRequest> = {
   fromPartial<I extends Exact<DeepPartial<DeleteUserRequest>, I>>(object: I): DeleteUserRequest {
     const message = createBaseDeleteUserRequest();
     message.name = object.name ?? "";
+    message.requestId = object.requestId ?? "";
     return message;
   },
 };
@@ -1221,14 +1317,25 @@ export const ListUsersResponse: MessageFns<ListUsersResponse> = {
  * - INVALID_ARGUMENT: a field breaks a rule documented on it.
  * - ALREADY_EXISTS (reason USER_ALREADY_EXISTS): the name is taken.
  * - NOT_FOUND (reason USER_NOT_FOUND): no user has that name.
- * - UNAVAILABLE: the database is unreachable or busy; safe to retry reads.
- * - RESOURCE_EXHAUSTED: password hashing is saturated and the call's deadline
- *   would pass before a hashing slot frees up (reason
- *   HASHING_CAPACITY_EXHAUSTED), or too many failed password checks for one
- *   account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo);
- *   retry after the delay.
+ * - UNAVAILABLE: the database is unreachable or busy (reason
+ *   DATABASE_UNAVAILABLE), or its storage is failing (reason
+ *   STORAGE_UNAVAILABLE: a write may or may not have been stored). Safe to
+ *   retry reads; retry writes with a request_id.
+ * - RESOURCE_EXHAUSTED: the database's storage is full (reason STORAGE_FULL;
+ *   nothing was written, reads keep working); or password hashing is
+ *   saturated and the call's deadline would pass before its turn and its
+ *   hash are done (reason HASHING_CAPACITY_EXHAUSTED, answered at once with
+ *   google.rpc.RetryInfo); or too many failed password checks for one
+ *   account (reason TOO_MANY_FAILED_ATTEMPTS, with google.rpc.RetryInfo).
+ *   Retry after the delay.
  * - UNAUTHENTICATED (reason INVALID_CREDENTIALS): ChangePassword's current
  *   password is wrong, or the user does not exist (the two are not told apart).
+ *
+ * Consistency: a write acknowledged by any replica is seen by every read
+ * that starts at least one staleness bound (1 s by default) after the
+ * acknowledgement, on every replica that reaches the database, whether or
+ * not the writer reached Redis; when the writer reached Redis (the usual
+ * case), by every read that starts after the acknowledgement.
  */
 export type UserServiceService = typeof UserServiceService;
 export const UserServiceService = {
