@@ -8,21 +8,47 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "roster", version, about = "Roster: a gRPC user service")]
 pub struct Config {
+    /// What to do; serving when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Whether serving applies pending database migrations first (`auto`),
+    /// or refuses to start while any is pending (`off`: run `roster
+    /// migrate` as a step of its own, e.g. a Kubernetes Job). Replicas that
+    /// migrate at once take turns (a lock), so `auto` is safe with many.
+    #[arg(long, env = "ROSTER_MIGRATE", value_enum, default_value_t = MigrateMode::Auto, global = true)]
+    pub migrate: MigrateMode,
+
     /// Address to listen on for gRPC (port 0 picks a free port).
     #[arg(long, env = "ROSTER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
     /// Database URL: `sqlite://FILE` (created if missing) or `postgres://...`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://roster.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://roster.db",
+        global = true
+    )]
     pub database_url: String,
 
     /// Maximum connections in the database pool (SQLite writes always use one).
-    #[arg(long, env = "ROSTER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "ROSTER_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// Redis URL for the cache: redis://, rediss://, redis-cluster:// or
     /// redis-sentinel://. Empty disables the cache.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
 
     /// How long a cached user lives in Redis.
@@ -149,12 +175,33 @@ pub struct Config {
     pub caller_quota: CallerQuotaSetting,
 
     /// Log format.
-    #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info,roster=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
     pub log_filter: String,
+}
+
+/// Roster's subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Applies pending database migrations and exits (0 on success).
+    Migrate {
+        /// Applies nothing: exits 0 when no migration is pending, 3 when
+        /// some are (listing them), e.g. for a readiness gate.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// The `--migrate` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    /// Apply pending migrations at start.
+    Auto,
+    /// Refuse to start while migrations are pending.
+    Off,
 }
 
 /// The `--caller-quota` setting.

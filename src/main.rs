@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use roster::{
-    config::Config,
+    config::{Command, Config},
     error::Chain,
     startup::{self, Application},
     telemetry,
@@ -20,13 +20,26 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let config = Config::parse();
     telemetry::init(config.log_format, &config.log_filter);
-    let result = async {
-        let app = Application::build(config).await?;
-        app.run_until(startup::shutdown_signal()).await
-    }
-    .await;
+    let result = match config.command {
+        Some(Command::Migrate { check }) => startup::migrate(&config, check)
+            .await
+            // 3: migrations pending (`--check`), apart from 1 for failures.
+            .map(|current| {
+                if current {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                }
+            }),
+        None => async {
+            let app = Application::build(config).await?;
+            app.run_until(startup::shutdown_signal()).await
+        }
+        .await
+        .map(|()| ExitCode::SUCCESS),
+    };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %Chain(&*error), "roster stopped with an error");
             ExitCode::FAILURE

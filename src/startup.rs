@@ -18,7 +18,7 @@ use crate::{
         tls::{Tls, TlsFiles},
     },
     cache::{Freshness, Redis, UserCache, board::BoardCache, outbox::OutboxCache},
-    config::{CallerQuotaSetting, Config},
+    config::{CallerQuotaSetting, Config, MigrateMode},
     credentials::{HashPolicy, PasswordHasher},
     delivery::Delivery,
     grpc::{LeaderboardServiceImpl, UserServiceImpl},
@@ -68,7 +68,24 @@ impl Application {
             },
             config.effective_hash_concurrency(),
         )?;
-        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let store = Store::open(&config.database_url, config.db_max_connections).await?;
+        match config.migrate {
+            MigrateMode::Auto => {
+                store.migrate().await?;
+            }
+            MigrateMode::Off => {
+                let pending = store.pending_migrations().await?;
+                if !pending.is_empty() {
+                    return Err(format!(
+                        "the database lacks {} migration(s) ({}); run `roster migrate`, \
+                         or start with --migrate auto",
+                        pending.len(),
+                        pending.join(", ")
+                    )
+                    .into());
+                }
+            }
+        }
         let redis = if config.redis_url.is_empty() {
             tracing::info!("no REDIS_URL; cache and login throttle disabled");
             None
@@ -329,6 +346,31 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
             }
         }
     }
+}
+
+/// `roster migrate [--check]`: applies pending migrations (or, with
+/// `check`, only lists them). Returns whether none is pending afterwards.
+pub async fn migrate(config: &Config, check: bool) -> Result<bool, StartupError> {
+    let store = Store::open(&config.database_url, 1).await?;
+    let pending = if check {
+        store.pending_migrations().await?
+    } else {
+        let applied = store.migrate().await?;
+        tracing::info!(
+            count = applied.len(),
+            "migrations applied; the database is current"
+        );
+        Vec::new()
+    };
+    if check {
+        if pending.is_empty() {
+            tracing::info!("no migration pending");
+        } else {
+            tracing::warn!(?pending, "migrations pending");
+        }
+    }
+    store.close().await;
+    Ok(pending.is_empty())
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -36,6 +36,9 @@ use entities::{user_requests, users};
 
 /// How long SQLite waits for a lock before giving up with SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The Postgres advisory lock key that serializes migrations ("roster" in
+/// ASCII).
+const MIGRATION_LOCK: i64 = 0x726f_7374_6572;
 /// How long a call waits for a pooled connection before reporting UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,8 +72,16 @@ pub enum Written<T> {
 }
 
 impl Store {
-    /// Connects, applies every pending migration, and checks the engine.
+    /// Connects and applies every pending migration (see [`Self::open`] and
+    /// [`Self::migrate`]).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        let store = Self::open(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects and logs the engine's version; applies no migration.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, DbErr> {
         let sqlite = url.starts_with("sqlite:");
         let health = Arc::new(write::WriteHealth::default());
         let (reader, writer) = if sqlite {
@@ -96,9 +107,43 @@ impl Store {
             games,
             health,
         };
-        Migrator::up(&store.writer, None).await?;
         store.log_engine().await?;
         Ok(store)
+    }
+
+    /// Applies every pending migration, in one transaction that holds the
+    /// database's write lock (SQLite) or a transaction-scoped advisory lock
+    /// (Postgres), so replicas starting together apply them once: the
+    /// others wait, then find nothing pending. Both engines' DDL is
+    /// transactional, so a failed migration leaves nothing half-done.
+    /// Returns the names of the migrations applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbErr> {
+        let txn = write::begin_write(&self.writer).await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
+        }
+        let pending: Vec<String> = Migrator::get_pending_migrations(&txn)
+            .await?
+            .iter()
+            .map(|migration| migration.name().to_owned())
+            .collect();
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+        if !pending.is_empty() {
+            tracing::info!(applied = ?pending, "database migrations applied");
+        }
+        Ok(pending)
+    }
+
+    /// The names of the migrations this version has that the database lacks
+    /// (creates nothing).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(Migrator::get_pending_migrations_read_only(&self.reader)
+            .await?
+            .iter()
+            .map(|migration| migration.name().to_owned())
+            .collect())
     }
 
     async fn log_engine(&self) -> Result<(), DbErr> {

@@ -12,6 +12,7 @@ mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod migrations;
 mod partition;
 mod postgres;
 mod postgres_faults;
