@@ -41,7 +41,7 @@ COUNTERS_AND_GAUGES = {
     "roster_cache_lookups_total",
     "roster_hash_slots_busy",
     "roster_hash_slots",
-    "roster_hash_refusals_total",
+    "roster_refusals_total",
     "roster_db_write_errors_total",
     "roster_board_reads_total",
     "roster_cache_invalidations_pending",

@@ -174,6 +174,11 @@ pub struct Config {
     #[arg(long, env = "ROSTER_CALLER_QUOTA", default_value = "auto")]
     pub caller_quota: CallerQuotaSetting,
 
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`; off when unset.
+    #[arg(long, env = "ROSTER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "ROSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

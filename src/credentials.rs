@@ -88,6 +88,7 @@ pub struct PasswordHasher {
     dummy: PasswordHash,
     memory: Arc<MemoryPool>,
     threads: Arc<HashThreads>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The threads that hash, one per slot, at the lowest CPU priority (nice 19,
@@ -202,6 +203,7 @@ impl PasswordHasher {
             dummy: PasswordHash(String::new()),
             memory: Arc::default(),
             threads: Arc::new(HashThreads::start(slots)?),
+            metrics: crate::metrics::Metrics::default(),
         };
         let random = SaltString::generate(&mut OsRng);
         let began = std::time::Instant::now();
@@ -318,6 +320,12 @@ impl PasswordHasher {
         }
     }
 
+    /// Records the time calls wait for a slot in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Hashing slots: hashes that may run at once.
     pub fn slots(&self) -> usize {
         self.slots
@@ -378,6 +386,7 @@ impl PasswordHasher {
             }
         }
         let acquire = Arc::clone(&self.permits).acquire_owned();
+        let queued = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let acquired = match deadline {
             // The turn must come early enough for the hash itself to finish.
@@ -388,6 +397,9 @@ impl PasswordHasher {
             None => Some(acquire.await),
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .hash_queue_wait
+            .observe(queued.elapsed().as_secs_f64());
         let permit = acquired
             .ok_or_else(|| Error::HashingSaturated {
                 retry_after: self.expected_wait().max(self.hash_time()),

@@ -42,6 +42,7 @@ use crate::{
     domain::{Change, Committed, NameKey},
     error::Chain,
     leaderboard::REQUEST_RETENTION,
+    metrics::{Metrics, Outcome},
     store::{OUTBOX_RETENTION, Store},
     telemetry::LogThrottle,
 };
@@ -69,6 +70,7 @@ pub struct Delivery {
     interval: Duration,
     rebuilding: Arc<AtomicBool>,
     warnings: LogThrottle,
+    metrics: Metrics,
 }
 
 impl Delivery {
@@ -82,8 +84,10 @@ impl Delivery {
         freshness: Arc<Freshness>,
         attention: Arc<Notify>,
         interval: Duration,
+        metrics: Metrics,
     ) -> Self {
         Self {
+            metrics,
             store,
             board,
             outbox,
@@ -114,7 +118,17 @@ impl Delivery {
         let mut fresh = false;
         loop {
             let round = self.freshness.begin_round();
-            match self.round(outbox, &mut last_seen).await {
+            let result = self.round(outbox, &mut last_seen).await;
+            let outcome = match &result {
+                Ok(true) => "current",
+                Ok(false) => "behind",
+                Err(_) => "failed",
+            };
+            self.metrics
+                .delivery_rounds
+                .get_or_create(&Outcome::new(outcome))
+                .inc();
+            match result {
                 Ok(true) => {
                     if self.freshness.finish_round(round) && !fresh {
                         tracing::info!("redis holds every committed change; cached answers in use");
@@ -150,6 +164,10 @@ impl Delivery {
     ) -> Result<bool, BoxError> {
         let head = self.store.outbox_head().await?;
         let state = outbox.state().await?;
+        let pending = head.saturating_sub(state.delivered.unwrap_or(0));
+        self.metrics
+            .cache_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
         if !state.board_ready && !state.board_building {
             self.start_rebuild();
         }

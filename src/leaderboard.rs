@@ -120,6 +120,9 @@ impl Leaderboard {
         name: UserName,
         cached: CachedStats,
     ) -> Result<RankedStats, Error> {
+        if cached == CachedStats::Unknown {
+            self.board.count("database");
+        }
         let user = self.users.get(name.clone()).await?;
         if cached == CachedStats::Unranked {
             return Ok(RankedStats {
@@ -136,7 +139,10 @@ impl Leaderboard {
         let limit = u64::from(size.get());
         let page = match self.board.page(offset, limit).await {
             Some(page) => page,
-            None => Box::pin(self.store.board_page(offset, limit)).await?,
+            None => {
+                self.board.count("database");
+                Box::pin(self.store.board_page(offset, limit)).await?
+            }
         };
         let next_offset = offset.saturating_add(limit);
         let next = (next_offset < page.total).then(|| PageToken::new(size, next_offset));
@@ -162,6 +168,9 @@ impl Leaderboard {
         cached: CachedWindow,
     ) -> Result<Vec<BoardEntry>, Error> {
         // Unknown users are NOT_FOUND; known ones may have no games.
+        if cached == CachedWindow::Unknown {
+            self.board.count("database");
+        }
         let user = self.users.get(name).await?;
         if cached == CachedWindow::Unranked {
             return Ok(Vec::new());

@@ -18,6 +18,7 @@ pub mod error;
 pub mod failpoint;
 pub mod grpc;
 pub mod leaderboard;
+pub mod metrics;
 pub mod proto;
 pub mod single_flight;
 pub mod startup;

@@ -23,6 +23,7 @@ use crate::{
     delivery::Delivery,
     grpc::{LeaderboardServiceImpl, UserServiceImpl},
     leaderboard::Leaderboard,
+    metrics::{self, GrpcMetricsLayer, Metrics},
     proto::{
         self,
         roster::v1::{
@@ -54,12 +55,16 @@ pub struct Application {
     delivery: Delivery,
     access: Access,
     tls: Option<Tls>,
+    metrics: Metrics,
+    /// The metrics listener and its registry, when `--metrics-addr` is set.
+    metrics_listener: Option<(TcpListener, prometheus_client::registry::Registry)>,
 }
 
 impl Application {
     /// Binds the listener (port 0 picks a free port), connects to the
     /// database and runs migrations, and starts connecting to Redis.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let metrics = Metrics::new();
         let hasher = PasswordHasher::new(
             HashPolicy {
                 memory_kib: config.argon2_memory_kib,
@@ -67,7 +72,8 @@ impl Application {
                 parallelism: config.argon2_parallelism,
             },
             config.effective_hash_concurrency(),
-        )?;
+        )?
+        .with_metrics(metrics.clone());
         let store = Store::open(&config.database_url, config.db_max_connections).await?;
         match config.migrate {
             MigrateMode::Auto => {
@@ -90,7 +96,7 @@ impl Application {
             tracing::info!("no REDIS_URL; cache and login throttle disabled");
             None
         } else {
-            let redis = Redis::connect(&config.redis_url, config.redis_timeout)?;
+            let redis = Redis::connect(&config.redis_url, config.redis_timeout, metrics.clone())?;
             redis.wait_connected(Duration::from_secs(1)).await;
             Some(redis)
         };
@@ -157,10 +163,36 @@ impl Application {
             store.clone(),
             board.clone(),
             redis.clone().map(OutboxCache::new),
-            freshness,
+            Arc::clone(&freshness),
             attention,
             config.cache_sync_interval,
+            metrics.clone(),
         );
+        store.set_metrics(metrics.clone());
+        let metrics_listener = match config.metrics_addr {
+            Some(address) => {
+                let state = metrics::State {
+                    hashing: Box::new({
+                        let hasher = hasher.clone();
+                        move || (hasher.slots(), hasher.busy(), hasher.waiting())
+                    }),
+                    pools: Box::new({
+                        let store = store.clone();
+                        move || store.pool_stats()
+                    }),
+                    fresh: Box::new({
+                        let freshness = Arc::clone(&freshness);
+                        move || freshness.is_fresh()
+                    }),
+                    copy: Box::new({
+                        let board = board.clone();
+                        move || board.copy_stats()
+                    }),
+                };
+                Some((TcpListener::bind(address).await?, metrics.registry(state)))
+            }
+            None => None,
+        };
         let users = Users::new(store.clone(), cache, board.clone(), throttle, hasher);
         let leaderboard = Leaderboard::new(store.clone(), board, users.clone());
         Ok(Self {
@@ -173,6 +205,8 @@ impl Application {
             delivery,
             access,
             tls,
+            metrics,
+            metrics_listener,
         })
     }
 
@@ -180,6 +214,13 @@ impl Application {
     /// waits for the board copy before measuring).
     pub fn board(&self) -> BoardCache {
         self.leaderboard.board().clone()
+    }
+
+    /// The address the metrics listener is bound to, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The address the server listens on.
@@ -204,6 +245,8 @@ impl Application {
             delivery,
             access,
             tls,
+            metrics,
+            metrics_listener,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -227,6 +270,7 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(GrpcMetricsLayer(metrics))
             .layer(access.layer())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -238,6 +282,12 @@ impl Application {
         };
         // Reloads the policy on change or SIGHUP; prunes quota buckets.
         let access_upkeep = tokio::spawn(access.maintain());
+        let metrics_server = metrics_listener.map(|(listener, registry)| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "metrics served at /metrics");
+            }
+            tokio::spawn(metrics::serve(listener, registry))
+        });
         let mut tls_upkeep = None;
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = match tls {
             Some(tls) => {
@@ -277,6 +327,9 @@ impl Application {
                 if let Some(upkeep) = tls_upkeep {
                     upkeep.abort();
                 }
+                if let Some(server) = metrics_server {
+                    server.abort();
+                }
                 return Ok(result??);
             }
             () = shutdown => {}
@@ -301,6 +354,9 @@ impl Application {
         access_upkeep.abort();
         if let Some(upkeep) = tls_upkeep {
             upkeep.abort();
+        }
+        if let Some(server) = metrics_server {
+            server.abort();
         }
         if let Some(redis) = redis {
             redis.quit().await;

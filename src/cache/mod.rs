@@ -15,7 +15,7 @@ use fred::prelude::{
     ReconnectPolicy, TcpConfig,
 };
 
-use crate::telemetry::LogThrottle;
+use crate::{metrics::Metrics, telemetry::LogThrottle};
 
 pub use freshness::{Freshness, Round};
 pub use users::{UserCache, lease_key, user_key};
@@ -25,13 +25,14 @@ pub use users::{UserCache, lease_key, user_key};
 pub struct Redis {
     client: fred::clients::Client,
     warnings: Arc<LogThrottle>,
+    metrics: Metrics,
 }
 
 impl Redis {
     /// Starts connecting to `url` in the background and returns at once:
     /// Roster serves without Redis and starts using it once it answers.
     /// Fails only when the URL itself is invalid.
-    pub fn connect(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+    pub fn connect(url: &str, timeout: Duration, metrics: Metrics) -> Result<Self, RedisError> {
         let mut config = RedisConfig::from_url(url)?;
         // Without this fred gives up for good when the first connection fails;
         // with it, the reconnect policy applies from the start. Commands never
@@ -56,6 +57,7 @@ impl Redis {
         let redis = Self {
             client: client.clone(),
             warnings: Arc::new(LogThrottle::new(Duration::from_secs(10))),
+            metrics,
         };
         client.on_reconnect(|server| async move {
             tracing::info!(%server, "redis connected");
@@ -123,8 +125,24 @@ impl Redis {
         }
     }
 
-    /// Logs a Redis problem, at most once per 10 s.
+    /// The metrics Roster records.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a Redis problem and logs it, at most once per 10 s.
     pub(crate) fn warn(&self, what: &str, error: Option<&RedisError>) {
+        if let Some(error) = error {
+            let kind = if *error.kind() == fred::error::ErrorKind::Timeout {
+                "timeout"
+            } else {
+                "error"
+            };
+            self.metrics
+                .redis_errors
+                .get_or_create(&crate::metrics::Kind::new(kind))
+                .inc();
+        }
         if let Some(suppressed) = self.warnings.admit() {
             match error {
                 Some(error) => tracing::warn!(%error, suppressed, "{what}"),

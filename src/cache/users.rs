@@ -70,20 +70,26 @@ impl UserCache {
     /// while Redis may lack a committed change (the freshness gate).
     pub async fn get(&self, key: &NameKey) -> Option<User> {
         let redis = self.redis.as_ref()?;
-        if !self.freshness.is_fresh() {
+        let metrics = redis.metrics();
+        let Some(client) = redis.connected().filter(|_| self.freshness.is_fresh()) else {
+            metrics.cache("bypassed");
             return None;
-        }
-        let client = redis.connected()?;
+        };
         match client.get::<Option<Bytes>, _>(user_key(key)).await {
             Ok(Some(bytes)) => {
                 let user = crate::proto::decode_user(&bytes);
                 if user.is_none() {
                     redis.warn("undecodable cache entry; treated as a miss", None);
                 }
+                metrics.cache(if user.is_some() { "hit" } else { "error" });
                 user
             }
-            Ok(None) => None,
+            Ok(None) => {
+                metrics.cache("miss");
+                None
+            }
             Err(error) => {
+                metrics.cache("error");
                 redis.warn("redis read failed; treated as a miss", Some(&error));
                 None
             }
@@ -139,7 +145,12 @@ impl UserCache {
         let args: Vec<fred::types::Value> = vec![token.into(), value.into(), ttl.into()];
         let result: Result<i64, _> = GUARDED_FILL.eval(client, keys, args).await;
         match result {
-            Ok(stored) => stored == 1,
+            Ok(stored) => {
+                if stored != 1 {
+                    redis.metrics().cache_fills_voided.inc();
+                }
+                stored == 1
+            }
             Err(error) => {
                 redis.warn("redis fill failed; cache not filled", Some(&error));
                 false

@@ -17,7 +17,7 @@ use super::{
     Store, classify,
     entities::{leaderboard_entries as board, record_game_requests as requests, user_stats, users},
     outbox,
-    write::{WriteHealth, begin_write},
+    write::WriteHealth,
 };
 use crate::{
     domain::{
@@ -166,7 +166,7 @@ impl Store {
     /// RecordGame on Postgres: one transaction per game.
     async fn record_one(&self, game: Game) -> Result<Recorded, Error> {
         let user = &game.user;
-        let txn = begin_write(&self.writer).await.map_err(classify)?;
+        let txn = self.health.begin(&self.writer).await.map_err(classify)?;
         let mut recorded = match record_in(&txn, &game, Replays::LookUp).await {
             Ok(recorded) => recorded,
             Err(RecordError::Duplicate(error)) => {
@@ -266,7 +266,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn prune_record_game_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
         self.observed(async {
-            let txn = begin_write(&self.writer).await.map_err(classify)?;
+            let txn = self.health.begin(&self.writer).await.map_err(classify)?;
             let result = requests::Entity::delete_many()
                 .filter(requests::Column::CreateTime.lt(before))
                 .exec(&txn)
@@ -663,7 +663,7 @@ async fn group_commit(
             }
         }
         let games: Vec<&Game> = group.iter().map(|(game, _)| game).collect();
-        let results = match commit_group(&writer, &games).await {
+        let results = match commit_group(&writer, &health, &games).await {
             Ok(results) => {
                 health.observe(&Ok::<(), Error>(()));
                 results
@@ -685,6 +685,7 @@ async fn group_commit(
 /// group when nothing of it was committed.
 async fn commit_group(
     writer: &DatabaseConnection,
+    health: &WriteHealth,
     games: &[&Game],
 ) -> Result<Vec<Result<Recorded, Error>>, Error> {
     // Games rarely fail (an overflow, a user deleted meanwhile) and are
@@ -694,9 +695,9 @@ async fn commit_group(
     // this attempt is kept and the group runs again with a savepoint and a
     // look-up per game, so a failure undoes only its game and a retry
     // replays the first call's result.
-    match commit_all_or_nothing(writer, games).await? {
+    match commit_all_or_nothing(writer, health, games).await? {
         Some(results) => Ok(results),
-        None => commit_each_in_savepoint(writer, games).await,
+        None => commit_each_in_savepoint(writer, health, games).await,
     }
 }
 
@@ -712,9 +713,10 @@ fn is_the_games_own(error: &Error) -> bool {
 /// failed on its own account: the caller runs the group game by game.
 async fn commit_all_or_nothing(
     writer: &DatabaseConnection,
+    health: &WriteHealth,
     games: &[&Game],
 ) -> Result<Option<Vec<Result<Recorded, Error>>>, Error> {
-    let txn = begin_write(writer).await.map_err(classify)?;
+    let txn = health.begin(writer).await.map_err(classify)?;
     let mut recorded = Vec::with_capacity(games.len());
     for game in games {
         match record_in(&txn, game, Replays::FailOnInsert).await {
@@ -734,9 +736,10 @@ async fn commit_all_or_nothing(
 
 async fn commit_each_in_savepoint(
     writer: &DatabaseConnection,
+    health: &WriteHealth,
     games: &[&Game],
 ) -> Result<Vec<Result<Recorded, Error>>, Error> {
-    let txn = begin_write(writer).await.map_err(classify)?;
+    let txn = health.begin(writer).await.map_err(classify)?;
     let mut results = Vec::with_capacity(games.len());
     for game in games {
         let savepoint = txn.begin().await.map_err(classify)?;

@@ -118,7 +118,7 @@ impl Store {
     /// transactional, so a failed migration leaves nothing half-done.
     /// Returns the names of the migrations applied.
     pub async fn migrate(&self) -> Result<Vec<String>, DbErr> {
-        let txn = write::begin_write(&self.writer).await?;
+        let txn = self.health.begin(&self.writer).await?;
         if self.backend() == DbBackend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
                 .await?;
@@ -173,6 +173,34 @@ impl Store {
     /// storage reason (a full disk) do not count: reads still work.
     pub async fn ping(&self) -> Result<(), DbErr> {
         self.reader.ping().await
+    }
+
+    /// Records write waits and failures in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        self.health.set_metrics(metrics);
+    }
+
+    /// Connections per pool: (pool, in use, idle).
+    pub fn pool_stats(&self) -> Vec<(&'static str, u32, u32)> {
+        let stats = |pool: &'static str, db: &DatabaseConnection| {
+            let (size, idle) = match db.get_database_backend() {
+                DbBackend::Sqlite => {
+                    let pool = db.get_sqlite_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+                _ => {
+                    let pool = db.get_postgres_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+            };
+            let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+            (pool, size.saturating_sub(idle), idle)
+        };
+        if self.backend() == DbBackend::Sqlite {
+            vec![stats("reader", &self.reader), stats("writer", &self.writer)]
+        } else {
+            vec![stats("shared", &self.reader)]
+        }
     }
 
     /// Whether the last storage-related write failed (full or failing disk).
@@ -238,7 +266,7 @@ impl Store {
         let method = UserMethod::CreateUser;
         let written = self
             .observed(async {
-                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                let txn = self.health.begin(&self.writer).await.map_err(classify)?;
                 // No RETURNING: every column is known here (see write.rs).
                 if let Err(error) = users::Entity::insert(row)
                     .exec_without_returning(&txn)
@@ -331,7 +359,7 @@ impl Store {
         let request = change.flatten();
         let written = self
             .observed(async {
-                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                let txn = self.health.begin(&self.writer).await.map_err(classify)?;
                 let result = users::Entity::update_many()
                     .col_expr(users::Column::PasswordHash, Expr::value(new.as_phc()))
                     .col_expr(users::Column::UpdateTime, Expr::value(updated.update_time))
@@ -383,7 +411,7 @@ impl Store {
         let now = Utc::now().trunc_subsecs(6);
         let written = self
             .observed(async {
-                let txn = write::begin_write(&self.writer).await.map_err(classify)?;
+                let txn = self.health.begin(&self.writer).await.map_err(classify)?;
                 let id: Option<Uuid> = users::Entity::find()
                     .select_only()
                     .column(users::Column::Id)

@@ -160,9 +160,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, Error> {
         self.observed(async {
-            let txn = super::write::begin_write(&self.writer)
-                .await
-                .map_err(classify)?;
+            let txn = self.health.begin(&self.writer).await.map_err(classify)?;
             let result = cache_outbox::Entity::delete_many()
                 .filter(cache_outbox::Column::CreateTime.lt(before))
                 .exec(&txn)
@@ -179,9 +177,7 @@ impl Store {
     pub async fn prune_user_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
         use super::entities::user_requests;
         self.observed(async {
-            let txn = super::write::begin_write(&self.writer)
-                .await
-                .map_err(classify)?;
+            let txn = self.health.begin(&self.writer).await.map_err(classify)?;
             let result = user_requests::Entity::delete_many()
                 .filter(user_requests::Column::CreateTime.lt(before))
                 .exec(&txn)

@@ -83,11 +83,45 @@ pub(crate) fn release_reader(
 #[derive(Debug, Default)]
 pub(crate) struct WriteHealth {
     failing: AtomicBool,
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 impl WriteHealth {
+    /// Records write metrics in `metrics` from now on.
+    pub(crate) fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Begins a write transaction (see [`begin_write`]), timing the wait.
+    pub(crate) async fn begin(
+        &self,
+        db: &DatabaseConnection,
+    ) -> Result<DatabaseTransaction, DbErr> {
+        let began = std::time::Instant::now();
+        let txn = begin_write(db).await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.db_write_wait.observe(began.elapsed().as_secs_f64());
+        }
+        txn
+    }
+
     /// Notes how a write ended.
     pub(crate) fn observe<T>(&self, result: &Result<T, Error>) {
+        if let (Err(error), Some(metrics)) = (result, self.metrics.get()) {
+            let kind = match error {
+                Error::StorageFull(_) => Some("full"),
+                Error::StorageFailed(_) => Some("storage"),
+                Error::DatabaseUnavailable(_) => Some("unavailable"),
+                Error::Internal(_) => Some("other"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                metrics
+                    .db_write_errors
+                    .get_or_create(&crate::metrics::Kind::new(kind))
+                    .inc();
+            }
+        }
         match result {
             Err(error @ (Error::StorageFull(_) | Error::StorageFailed(_))) => {
                 if !self.failing.swap(true, Ordering::AcqRel) {

@@ -144,6 +144,8 @@ pub struct TestApp {
     pub dir: TempDir,
     /// What it was started with.
     pub config: Config,
+    /// Where its metrics are served, with `--metrics-addr`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -179,6 +181,7 @@ pub async fn spawn_with(config: Config, dir: TempDir, redis: RedisServer) -> Tes
         .await
         .expect("roster starts");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_until(async {
@@ -198,6 +201,7 @@ pub async fn spawn_with(config: Config, dir: TempDir, redis: RedisServer) -> Tes
         redis,
         dir,
         config,
+        metrics_addr,
         stop: Some(stop),
         task: Some(task),
     }

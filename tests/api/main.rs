@@ -12,6 +12,7 @@ mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod metrics;
 mod migrations;
 mod partition;
 mod postgres;

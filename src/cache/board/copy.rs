@@ -13,7 +13,7 @@
 use std::{
     sync::{
         Arc, Mutex, OnceLock, PoisonError, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -96,6 +96,8 @@ pub(super) struct Copy {
     /// The copy must be loaded again (new generation, gap in the log).
     reload: Notify,
     reloading: AtomicBool,
+    /// Redis's log position at the last sync (for the lag metric).
+    seen: AtomicU64,
 }
 
 impl Copy {
@@ -108,6 +110,7 @@ impl Copy {
             wanted_flag: AtomicBool::new(false),
             reload: Notify::new(),
             reloading: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -220,7 +223,11 @@ impl Copy {
         // deletes both at once, so a matching generation means the version
         // is that generation's. Anything else goes through the script.
         let (generation, applied) = self.copy_position()?;
-        match generation_and_version(client).await {
+        let found = generation_and_version(client).await;
+        if let Ok(Some((_, version))) = &found {
+            self.seen.store(*version, Ordering::Relaxed);
+        }
+        match found {
             Ok(Some((current, version))) if *current == *generation && version == applied => {
                 return Some((generation, version));
             }
@@ -291,6 +298,15 @@ impl Copy {
         self.board().as_ref().map(Mirror::len)
     }
 
+    /// The copy's size, and how far behind Redis's log it was at the last
+    /// sync; `None` without a copy.
+    pub(super) fn stats(&self) -> Option<(u64, u64)> {
+        let seen = self.seen.load(Ordering::Relaxed);
+        self.board()
+            .as_ref()
+            .map(|m| (m.len(), seen.saturating_sub(m.applied())))
+    }
+
     /// The copy's generation and log position; `None` (after asking for a
     /// load) when there is no copy.
     fn copy_position(&self) -> Option<(Arc<str>, u64)> {
@@ -354,6 +370,9 @@ impl Copy {
             let began = std::time::Instant::now();
             match self.load_copy().await {
                 Ok(Some(mirror)) => {
+                    if let Some(redis) = &self.redis {
+                        redis.metrics().board_copy_loads.inc();
+                    }
                     tracing::info!(
                         users = mirror.len(),
                         took = ?began.elapsed(),

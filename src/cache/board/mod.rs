@@ -233,11 +233,13 @@ impl BoardCache {
                 .read(Some(key), |copy| copy.stats(key.as_str()))
                 .await
         {
+            self.count("copy");
             return match found {
                 Some((stats, rank)) => CachedStats::Ranked(stats, rank),
                 None => CachedStats::Unranked,
             };
         }
+        self.count("script");
         let keys = read_keys();
         let Some(reply) = self
             .eval_read(client, &STATS, keys, vec![key.as_str().into()])
@@ -269,8 +271,10 @@ impl BoardCache {
         if self.copy_enabled
             && let Some(page) = self.copy.read(None, |copy| copy.page(offset, limit)).await
         {
+            self.count("copy");
             return Some(page);
         }
+        self.count("script");
         let stop = offset.saturating_add(limit).saturating_sub(1);
         let args = vec![offset.to_string().into(), stop.to_string().into()];
         let reply = self
@@ -302,11 +306,13 @@ impl BoardCache {
                 .read(Some(key), |copy| copy.window(key.as_str(), size))
                 .await
         {
+            self.count("copy");
             return match found {
                 Some(page) => CachedWindow::Window(page),
                 None => CachedWindow::Unranked,
             };
         }
+        self.count("script");
         let keys = vec![
             Key::from(SET_KEY),
             Key::from(MEMBERS_KEY),
@@ -337,6 +343,19 @@ impl BoardCache {
         if self.copy_enabled {
             self.copy.keep().await;
         }
+    }
+
+    /// Counts one board read answered by `source` (copy, script, database).
+    pub fn count(&self, source: &'static str) {
+        if let Some(redis) = &self.redis {
+            redis.metrics().board_read(source);
+        }
+    }
+
+    /// The copy's size and how many log entries it was behind Redis at its
+    /// last sync; `None` without a copy.
+    pub fn copy_stats(&self) -> Option<(u64, u64)> {
+        self.copy.stats()
     }
 
     fn connected(&self) -> Option<&fred::clients::Client> {
