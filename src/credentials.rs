@@ -53,6 +53,58 @@ impl PasswordHash {
     }
 }
 
+/// A stored PHC string parsed exactly as [`PasswordHasher::verify`] parses it
+/// before it hashes anything: the PHC syntax, then, for argon2id v19 hashes
+/// with a salt and a tag (checked here, in pooled memory), the cost
+/// parameters and the salt. `Err` where verify would fail with `INTERNAL`
+/// before hashing. No hashing, so it costs microseconds.
+///
+/// Stored strings only ever come from the database, never from callers; this
+/// is public so that the fuzz targets (`fuzz/`) and property tests can feed it
+/// arbitrary strings.
+pub fn parse_stored(phc: &str) -> Result<(argon2::PasswordHash<'_>, Option<PooledCheck>), Error> {
+    let parsed = argon2::PasswordHash::new(phc).map_err(Error::internal)?;
+    let pooled = PooledCheck::of(&parsed)?;
+    Ok((parsed, pooled))
+}
+
+/// What checking a password against a stored argon2id v19 hash runs with.
+/// Any other stored hash goes to the argon2 crate's own verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PooledCheck {
+    /// The cost parameters, with the tag's length as output length.
+    pub params: Params,
+    salt: [u8; 64],
+    salt_len: usize,
+    /// The stored tag.
+    pub expected: Output,
+}
+
+impl PooledCheck {
+    /// `None` when `stored` is not argon2id v19 with a salt and a tag.
+    fn of(stored: &argon2::PasswordHash<'_>) -> Result<Option<Self>, Error> {
+        let pooled = stored.algorithm == Algorithm::Argon2id.ident()
+            && stored.version == Some(Version::V0x13.into());
+        let (true, Some(salt), Some(expected)) = (pooled, stored.salt, stored.hash) else {
+            return Ok(None);
+        };
+        let params = Params::try_from(stored).map_err(Error::internal)?;
+        let mut buffer = [0u8; 64];
+        let salt_len = salt.decode_b64(&mut buffer).map_err(Error::internal)?.len();
+        Ok(Some(Self {
+            params,
+            salt: buffer,
+            salt_len,
+            expected,
+        }))
+    }
+
+    /// The raw (decoded) salt.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt[..self.salt_len]
+    }
+}
+
 /// The outcome of a password check.
 #[derive(Debug)]
 pub struct Verdict {
@@ -218,17 +270,12 @@ impl PasswordHasher {
     /// argon2id v19 hashes use pooled memory; anything else goes through the
     /// argon2 crate's own verifier.
     fn matches(&self, password: &[u8], stored: &argon2::PasswordHash<'_>) -> Result<bool, Error> {
-        let pooled = stored.algorithm == Algorithm::Argon2id.ident()
-            && stored.version == Some(Version::V0x13.into());
-        if let (true, Some(salt), Some(expected)) = (pooled, stored.salt, stored.hash) {
-            let params = Params::try_from(stored).map_err(Error::internal)?;
-            let mut salt_buffer = [0u8; 64];
-            let raw_salt = salt.decode_b64(&mut salt_buffer).map_err(Error::internal)?;
+        if let Some(pooled) = PooledCheck::of(stored)? {
             let actual = self
-                .argon2id(&params, password, raw_salt)
+                .argon2id(&pooled.params, password, pooled.salt())
                 .map_err(Error::internal)?;
             // Output's equality is constant-time.
-            return Ok(actual == expected);
+            return Ok(actual == pooled.expected);
         }
         Ok(Argon2::default().verify_password(password, stored).is_ok())
     }
