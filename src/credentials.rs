@@ -63,9 +63,27 @@ impl PasswordHash {
 /// is public so that the fuzz targets (`fuzz/`) and property tests can feed it
 /// arbitrary strings.
 pub fn parse_stored(phc: &str) -> Result<(argon2::PasswordHash<'_>, Option<PooledCheck>), Error> {
-    let parsed = argon2::PasswordHash::new(phc).map_err(Error::internal)?;
+    let parsed = parse_phc(phc)?;
     let pooled = PooledCheck::of(&parsed)?;
     Ok((parsed, pooled))
+}
+
+/// The PHC syntax of a stored hash. A lane count above argon2's maximum is
+/// refused before argon2 sees it: argon2 0.5 checks `m >= 8 * p` in 32-bit
+/// arithmetic, which overflows for `p >= 2^29` (a panic where overflow
+/// checks are on, as in debug builds).
+fn parse_phc(phc: &str) -> Result<argon2::PasswordHash<'_>, Error> {
+    let parsed = argon2::PasswordHash::new(phc).map_err(Error::internal)?;
+    if parsed
+        .params
+        .get_decimal("p")
+        .is_some_and(|lanes| lanes > Params::MAX_P_COST)
+    {
+        return Err(Error::internal(
+            "stored hash has more lanes than argon2 allows",
+        ));
+    }
+    Ok(parsed)
 }
 
 /// What checking a password against a stored argon2id v19 hash runs with.
@@ -217,7 +235,7 @@ impl PasswordHasher {
         self.off_runtime(deadline, move |hasher| {
             let exists = stored.is_some();
             let stored = stored.unwrap_or_else(|| hasher.dummy.clone());
-            let parsed = argon2::PasswordHash::new(stored.as_phc()).map_err(Error::internal)?;
+            let parsed = parse_phc(stored.as_phc())?;
             let matched = hasher.matches(password.expose().as_bytes(), &parsed)?;
             let valid = exists && matched;
             let upgraded = if valid && hasher.is_weaker(&parsed) {
@@ -411,6 +429,25 @@ mod tests {
             );
             assert!(!hasher.matches(b"another password", &parsed).unwrap());
         }
+    }
+
+    #[test]
+    fn a_stored_hash_with_too_many_lanes_is_refused_not_a_panic() {
+        // Found by the stored-hash property test: argon2 0.5 overflowed on it.
+        let salt = "c29tZXNhbHRzb21lc2FsdA";
+        let tag = "CWOrkoo7oJBQ/iyh7uJ0LO2aLEfrHwTWllSAxT0zRno";
+        for algorithm in ["argon2id", "argon2i"] {
+            let phc = format!("${algorithm}$v=19$m=8,t=1,p=4294967295${salt}${tag}");
+            assert!(
+                matches!(parse_stored(&phc), Err(Error::Internal(_))),
+                "{phc}"
+            );
+        }
+        let most = format!("$argon2id$v=19$m=134217720,t=1,p=16777215${salt}${tag}");
+        assert!(
+            parse_stored(&most).unwrap().1.is_some(),
+            "argon2's maximum lanes"
+        );
     }
 
     #[test]
