@@ -16,6 +16,8 @@ pub mod error;
 pub mod failpoint;
 pub mod grpc;
 pub mod leaderboard;
+#[cfg(test)]
+mod properties;
 pub mod proto;
 pub mod single_flight;
 pub mod startup;
