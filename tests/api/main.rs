@@ -11,6 +11,7 @@ mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod malformed;
 mod partition;
 mod postgres;
 mod redis_faults;
