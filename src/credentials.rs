@@ -71,14 +71,17 @@ pub fn parse_stored(phc: &str) -> Result<(argon2::PasswordHash<'_>, Option<Poole
 /// The PHC syntax of a stored hash. A lane count above argon2's maximum is
 /// refused before argon2 sees it: argon2 0.5 checks `m >= 8 * p` in 32-bit
 /// arithmetic, which overflows for `p >= 2^29` (a panic where overflow
-/// checks are on, as in debug builds).
+/// checks are on, as in debug builds). Every `p` counts: the PHC parser
+/// accepts a parameter twice, and argon2 takes the last.
 fn parse_phc(phc: &str) -> Result<argon2::PasswordHash<'_>, Error> {
     let parsed = argon2::PasswordHash::new(phc).map_err(Error::internal)?;
-    if parsed
-        .params
-        .get_decimal("p")
-        .is_some_and(|lanes| lanes > Params::MAX_P_COST)
-    {
+    let too_many = parsed.params.iter().any(|(name, value)| {
+        name.as_str() == "p"
+            && value
+                .decimal()
+                .is_ok_and(|lanes| lanes > Params::MAX_P_COST)
+    });
+    if too_many {
         return Err(Error::internal(
             "stored hash has more lanes than argon2 allows",
         ));
@@ -437,11 +440,15 @@ mod tests {
         let salt = "c29tZXNhbHRzb21lc2FsdA";
         let tag = "CWOrkoo7oJBQ/iyh7uJ0LO2aLEfrHwTWllSAxT0zRno";
         for algorithm in ["argon2id", "argon2i"] {
-            let phc = format!("${algorithm}$v=19$m=8,t=1,p=4294967295${salt}${tag}");
-            assert!(
-                matches!(parse_stored(&phc), Err(Error::Internal(_))),
-                "{phc}"
-            );
+            // The second: found by the `phc` fuzz target (AFL), a repeated
+            // parameter whose last value argon2 takes.
+            for params in ["m=8,t=1,p=4294967295", "m=8,t=1,p=1,p=4294967295"] {
+                let phc = format!("${algorithm}$v=19${params}${salt}${tag}");
+                assert!(
+                    matches!(parse_stored(&phc), Err(Error::Internal(_))),
+                    "{phc}"
+                );
+            }
         }
         let most = format!("$argon2id$v=19$m=134217720,t=1,p=16777215${salt}${tag}");
         assert!(

@@ -182,7 +182,8 @@ fn phc_text() -> impl Strategy<Value = String> {
         ],
         prop_oneof![Just("v=19$"), Just("v=16$"), Just(""), Just("v=20$")],
         (cost.clone(), cost.clone(), cost),
-        "(,keyid=[A-Za-z0-9]{0,12})?(,data=[A-Za-z0-9+/]{0,20})?",
+        // A repeated parameter too: the PHC parser takes it, argon2 uses the last.
+        "(,keyid=[A-Za-z0-9]{0,12})?(,data=[A-Za-z0-9+/]{0,20})?(,[mtp]=[0-9]{1,10})?",
         "[A-Za-z0-9+/]{0,70}",
         "[A-Za-z0-9+/]{0,90}",
     )
