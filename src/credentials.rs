@@ -53,6 +53,79 @@ impl PasswordHash {
     }
 }
 
+/// A stored PHC string parsed exactly as [`PasswordHasher::verify`] parses it
+/// before it hashes anything: the PHC syntax, then, for argon2id v19 hashes
+/// with a salt and a tag (checked here, in pooled memory), the cost
+/// parameters and the salt. `Err` where verify would fail with `INTERNAL`
+/// before hashing. No hashing, so it costs microseconds.
+///
+/// Stored strings only ever come from the database, never from callers; this
+/// is public so that the fuzz targets (`fuzz/`) and property tests can feed it
+/// arbitrary strings.
+pub fn parse_stored(phc: &str) -> Result<(argon2::PasswordHash<'_>, Option<PooledCheck>), Error> {
+    let parsed = parse_phc(phc)?;
+    let pooled = PooledCheck::of(&parsed)?;
+    Ok((parsed, pooled))
+}
+
+/// The PHC syntax of a stored hash. A lane count above argon2's maximum is
+/// refused before argon2 sees it: argon2 0.5 checks `m >= 8 * p` in 32-bit
+/// arithmetic, which overflows for `p >= 2^29` (a panic where overflow
+/// checks are on, as in debug builds). Every `p` counts: the PHC parser
+/// accepts a parameter twice, and argon2 takes the last.
+fn parse_phc(phc: &str) -> Result<argon2::PasswordHash<'_>, Error> {
+    let parsed = argon2::PasswordHash::new(phc).map_err(Error::internal)?;
+    let too_many = parsed.params.iter().any(|(name, value)| {
+        name.as_str() == "p"
+            && value
+                .decimal()
+                .is_ok_and(|lanes| lanes > Params::MAX_P_COST)
+    });
+    if too_many {
+        return Err(Error::internal(
+            "stored hash has more lanes than argon2 allows",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// What checking a password against a stored argon2id v19 hash runs with.
+/// Any other stored hash goes to the argon2 crate's own verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PooledCheck {
+    /// The cost parameters, with the tag's length as output length.
+    pub params: Params,
+    salt: [u8; 64],
+    salt_len: usize,
+    /// The stored tag.
+    pub expected: Output,
+}
+
+impl PooledCheck {
+    /// `None` when `stored` is not argon2id v19 with a salt and a tag.
+    fn of(stored: &argon2::PasswordHash<'_>) -> Result<Option<Self>, Error> {
+        let pooled = stored.algorithm == Algorithm::Argon2id.ident()
+            && stored.version == Some(Version::V0x13.into());
+        let (true, Some(salt), Some(expected)) = (pooled, stored.salt, stored.hash) else {
+            return Ok(None);
+        };
+        let params = Params::try_from(stored).map_err(Error::internal)?;
+        let mut buffer = [0u8; 64];
+        let salt_len = salt.decode_b64(&mut buffer).map_err(Error::internal)?.len();
+        Ok(Some(Self {
+            params,
+            salt: buffer,
+            salt_len,
+            expected,
+        }))
+    }
+
+    /// The raw (decoded) salt.
+    pub fn salt(&self) -> &[u8] {
+        &self.salt[..self.salt_len]
+    }
+}
+
 /// The outcome of a password check.
 #[derive(Debug)]
 pub struct Verdict {
@@ -237,7 +310,7 @@ impl PasswordHasher {
         self.off_runtime(deadline, move |hasher| {
             let exists = stored.is_some();
             let stored = stored.unwrap_or_else(|| hasher.dummy.clone());
-            let parsed = argon2::PasswordHash::new(stored.as_phc()).map_err(Error::internal)?;
+            let parsed = parse_phc(stored.as_phc())?;
             let matched = hasher.matches(password.expose().as_bytes(), &parsed)?;
             let valid = exists && matched;
             let upgraded = if valid && hasher.is_weaker(&parsed) {
@@ -290,17 +363,12 @@ impl PasswordHasher {
     /// argon2id v19 hashes use pooled memory; anything else goes through the
     /// argon2 crate's own verifier.
     fn matches(&self, password: &[u8], stored: &argon2::PasswordHash<'_>) -> Result<bool, Error> {
-        let pooled = stored.algorithm == Algorithm::Argon2id.ident()
-            && stored.version == Some(Version::V0x13.into());
-        if let (true, Some(salt), Some(expected)) = (pooled, stored.salt, stored.hash) {
-            let params = Params::try_from(stored).map_err(Error::internal)?;
-            let mut salt_buffer = [0u8; 64];
-            let raw_salt = salt.decode_b64(&mut salt_buffer).map_err(Error::internal)?;
+        if let Some(pooled) = PooledCheck::of(stored)? {
             let actual = self
-                .argon2id(&params, password, raw_salt)
+                .argon2id(&pooled.params, password, pooled.salt())
                 .map_err(Error::internal)?;
             // Output's equality is constant-time.
-            return Ok(actual == expected);
+            return Ok(actual == pooled.expected);
         }
         Ok(Argon2::default().verify_password(password, stored).is_ok())
     }
@@ -446,6 +514,29 @@ mod tests {
             );
             assert!(!hasher.matches(b"another password", &parsed).unwrap());
         }
+    }
+
+    #[test]
+    fn a_stored_hash_with_too_many_lanes_is_refused_not_a_panic() {
+        // Found by the stored-hash property test: argon2 0.5 overflowed on it.
+        let salt = "c29tZXNhbHRzb21lc2FsdA";
+        let tag = "CWOrkoo7oJBQ/iyh7uJ0LO2aLEfrHwTWllSAxT0zRno";
+        for algorithm in ["argon2id", "argon2i"] {
+            // The second: found by the `phc` fuzz target (AFL), a repeated
+            // parameter whose last value argon2 takes.
+            for params in ["m=8,t=1,p=4294967295", "m=8,t=1,p=1,p=4294967295"] {
+                let phc = format!("${algorithm}$v=19${params}${salt}${tag}");
+                assert!(
+                    matches!(parse_stored(&phc), Err(Error::Internal(_))),
+                    "{phc}"
+                );
+            }
+        }
+        let most = format!("$argon2id$v=19$m=134217720,t=1,p=16777215${salt}${tag}");
+        assert!(
+            parse_stored(&most).unwrap().1.is_some(),
+            "argon2's maximum lanes"
+        );
     }
 
     #[test]

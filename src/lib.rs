@@ -19,6 +19,8 @@ pub mod failpoint;
 pub mod grpc;
 pub mod leaderboard;
 pub mod metrics;
+#[cfg(test)]
+mod properties;
 pub mod proto;
 pub mod single_flight;
 pub mod startup;

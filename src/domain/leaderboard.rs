@@ -153,7 +153,14 @@ impl PageToken {
         {
             return None;
         }
-        Some(Self { page_size, offset })
+        // Nor is an offset that no board reaches: a board counts its entries
+        // in a signed 64-bit integer (as SQL's OFFSET does), and so does the
+        // next page's offset. Such an offset made the database read panic.
+        let next = offset.checked_add(u64::from(page_size))?;
+        i64::try_from(next).ok()?;
+        let token = Self { page_size, offset };
+        // Only the one spelling Roster writes: no sign, no leading zeros.
+        (token.encode() == raw).then_some(token)
     }
 }
 
@@ -412,6 +419,33 @@ mod tests {
                 "{forged}"
             );
         }
+    }
+
+    #[test]
+    fn tokens_roster_never_issues_are_refused() {
+        let size = |raw| PageSize::parse_page(raw).unwrap();
+        let forge = |text: &str| URL_SAFE_NO_PAD.encode(text);
+        for (raw, text) in [
+            (5, "lb1:5:18446744073709551615"),
+            (1, "lb1:1:9223372036854775807"),
+            (2, "lb1:2:9223372036854775808"),
+            (2, "lb1:2:+2"),
+            (2, "lb1:2:02"),
+            (2, "lb1:02:2"),
+            (2, "lb1:+2:2"),
+        ] {
+            assert_eq!(
+                PageToken::decode(&forge(text), size(raw))
+                    .unwrap_err()
+                    .reason,
+                "PAGE_TOKEN_INVALID",
+                "{text}"
+            );
+        }
+        // The last offset whose next page still has a signed 64-bit offset.
+        let last = (i64::MAX as u64 - 2) / 2 * 2;
+        let token = PageToken::new(size(2), last).encode();
+        assert_eq!(PageToken::decode(&token, size(2)), Ok(last));
     }
 
     #[test]

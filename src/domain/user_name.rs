@@ -74,6 +74,18 @@ impl UserName {
                 "name does not have a stable canonical form",
             ));
         }
+        // The name as shown (NFC) must be a name with the same key too: NFC
+        // can compose what PRECIS refuses (a Greek capital with a combining
+        // ypogegrammeni becomes a titlecase letter with prosgegrammeni,
+        // U+1FFC, which is DISALLOWED), and a display name that cannot be
+        // typed back would not find its own user.
+        let display: String = raw.nfc().collect();
+        if display != raw && canonicalize(&display)? != key {
+            return Err(Invalid::new(
+                "NAME_UNSTABLE",
+                "name does not have a stable canonical form",
+            ));
+        }
         if key.chars().count() > Self::MAX_CODE_POINTS {
             return Err(too_long());
         }
@@ -84,7 +96,7 @@ impl UserName {
             ));
         }
         Ok(Self {
-            display: raw.nfc().collect(),
+            display,
             key: NameKey(key),
         })
     }
@@ -254,6 +266,24 @@ mod tests {
                 None => proptest::prop_assert!(raw.is_empty() || raw.contains(' ')),
             }
         }
+    }
+
+    #[test]
+    fn a_name_whose_display_form_is_not_a_name_is_refused() {
+        // Found by the `user_name` fuzz target (AFL): Omega, combining marks,
+        // then a combining ypogegrammeni. Each code point is allowed, but NFC
+        // composes Omega and the ypogegrammeni into U+1FFC (a titlecase
+        // letter, DISALLOWED), so the display form could not be sent back.
+        let raw = "\u{3A9}\u{31F}\u{354}\u{345}\u{3B1}\u{3B2}";
+        assert_eq!(reason(raw), "NAME_DISALLOWED_CHARACTER");
+        assert_eq!(
+            reason("\u{1FFC}\u{3B1}\u{3B2}"),
+            "NAME_DISALLOWED_CHARACTER"
+        );
+        // Lower case composes to U+1FF3, which is allowed: the same name.
+        let lower = UserName::parse("\u{3C9}\u{345}\u{3B1}\u{3B2}").unwrap();
+        assert_eq!(lower.display(), "\u{1FF3}\u{3B1}\u{3B2}");
+        assert_eq!(UserName::parse(lower.display()).unwrap().key(), lower.key());
     }
 
     #[test]

@@ -2,9 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::Fields;
+use super::parse;
 use crate::{
-    domain::{Outcome, PageSize, PageToken, RequestId, Score, UserName},
     leaderboard::{Leaderboard, RankedStats},
     proto::{
         roster::v1::{self as pb, leaderboard_service_server::LeaderboardService},
@@ -34,14 +33,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         &self,
         request: Request<pb::RecordGameRequest>,
     ) -> Result<Response<pb::RecordGameResponse>, Status> {
-        let request = request.into_inner();
-        let mut fields = Fields::new();
-        let name = fields.check("name", UserName::parse(&request.name));
-        let outcome = fields.check("outcome", Outcome::parse(request.outcome));
-        let score = fields.check("score", Score::parse(request.score));
-        let request_id = fields.check("request_id", RequestId::parse(&request.request_id));
-        let (((name, outcome), score), request_id) =
-            fields.finish(name.zip(outcome).zip(score).zip(request_id))?;
+        let (name, outcome, score, request_id) = parse::record_game(request.into_inner())?;
         let ranked = self
             .leaderboard
             .record_game(name, outcome, score, request_id)
@@ -55,7 +47,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         &self,
         request: Request<pb::GetUserStatsRequest>,
     ) -> Result<Response<pb::GetUserStatsResponse>, Status> {
-        let name = Fields::one("name", UserName::parse(&request.into_inner().name))?;
+        let name = parse::get_user_stats(request.into_inner())?;
         let ranked = self.leaderboard.stats(name).await?;
         Ok(Response::new(pb::GetUserStatsResponse {
             stats: wire(&ranked),
@@ -66,14 +58,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         &self,
         request: Request<pb::ListLeaderboardRequest>,
     ) -> Result<Response<pb::ListLeaderboardResponse>, Status> {
-        let request = request.into_inner();
-        let mut fields = Fields::new();
-        let size = fields.check("page_size", PageSize::parse_page(request.page_size));
-        // A token can only be checked against a valid page size.
-        let offset = size.and_then(|size| {
-            fields.check("page_token", PageToken::decode(&request.page_token, size))
-        });
-        let (size, offset) = fields.finish(size.zip(offset))?;
+        let (size, offset) = parse::list_leaderboard(request.into_inner())?;
         let result = self.leaderboard.page(size, offset).await?;
         Ok(Response::new(pb::ListLeaderboardResponse {
             entries: result.page.entries.into_iter().map(Into::into).collect(),
@@ -86,11 +71,7 @@ impl LeaderboardService for LeaderboardServiceImpl {
         &self,
         request: Request<pb::ListLeaderboardAroundUserRequest>,
     ) -> Result<Response<pb::ListLeaderboardAroundUserResponse>, Status> {
-        let request = request.into_inner();
-        let mut fields = Fields::new();
-        let name = fields.check("name", UserName::parse(&request.name));
-        let size = fields.check("page_size", PageSize::parse_window(request.page_size));
-        let (name, size) = fields.finish(name.zip(size))?;
+        let (name, size) = parse::list_leaderboard_around_user(request.into_inner())?;
         let entries = self.leaderboard.around(name, size).await?;
         Ok(Response::new(pb::ListLeaderboardAroundUserResponse {
             entries: entries.into_iter().map(Into::into).collect(),

@@ -2,6 +2,7 @@
 //! call one use case, encode the answer.
 
 mod leaderboard_service;
+pub mod parse;
 mod user_service;
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! its own redis-server on a free port.
 
 use std::{
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -138,6 +138,8 @@ pub struct TestApp {
     pub client: UserServiceClient<Channel>,
     /// The channel under `client`, for other services (health, reflection).
     pub channel: Channel,
+    /// The address the server listens on, for raw connections.
+    pub addr: SocketAddr,
     /// Its private Redis.
     pub redis: RedisServer,
     /// Holds the SQLite file.
@@ -198,6 +200,7 @@ pub async fn spawn_with(config: Config, dir: TempDir, redis: RedisServer) -> Tes
     TestApp {
         client: UserServiceClient::new(channel.clone()),
         channel,
+        addr,
         redis,
         dir,
         config,

@@ -483,6 +483,45 @@ async fn a_page_token_is_refused_with_another_page_size_or_when_forged() {
     assert_eq!(names(&second.entries), ["q2"]);
 }
 
+/// Tokens Roster never issues: offsets no board reaches (past a signed
+/// 64-bit count, which the database's OFFSET binding refused with a panic,
+/// answered CANCELLED, when the board was read from the database), and other
+/// spellings of real offsets (a plus sign, leading zeros), which were served
+/// as if Roster had issued them. Found by the page-token property test.
+const UNISSUABLE_TOKENS: [(i32, &str); 6] = [
+    (5, "lb1:5:18446744073709551615"),
+    (1, "lb1:1:9223372036854775807"),
+    (2, "lb1:2:9223372036854775808"),
+    (2, "lb1:2:+2"),
+    (2, "lb1:2:02"),
+    (2, "lb1:02:2"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_roster_could_not_have_issued_is_refused_whatever_serves_the_board() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    for board_copy in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = RedisServer::start();
+        let mut config = test_config(&dir.path().join("roster.db"), &redis.url());
+        config.board_copy = board_copy;
+        let app = spawn_with(config, dir, redis).await;
+        board_of(&app, &[("f0", 3), ("f1", 2), ("f2", 1)]).await;
+        for (size, text) in UNISSUABLE_TOKENS {
+            let token = URL_SAFE_NO_PAD.encode(text);
+            let status = list(&app, size, &token)
+                .await
+                .expect_err(&format!("{text} accepted (board copy {board_copy})"));
+            assert_eq!(
+                violations(&status),
+                vec![("page_token".into(), "PAGE_TOKEN_INVALID".into())],
+                "{text}, board copy {board_copy}: {status:?}"
+            );
+        }
+        app.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn the_board_and_stats_are_kept_in_redis_after_each_game() {
     let app = spawn_app().await;

@@ -12,6 +12,7 @@ mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod malformed;
 mod metrics;
 mod migrations;
 mod partition;
