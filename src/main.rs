@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format, &config.log_filter);
+    let telemetry = telemetry::init(config.log_format, &config.log_filter);
     let result = match config.command {
         Some(Command::Migrate { check }) => startup::migrate(&config, check)
             .await
@@ -38,11 +38,13 @@ async fn main() -> ExitCode {
         .await
         .map(|()| ExitCode::SUCCESS),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %Chain(&*error), "roster stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

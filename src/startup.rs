@@ -265,7 +265,12 @@ impl Application {
 
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = Server::builder()
+        let mut builder = Server::builder();
+        if crate::telemetry::otlp_configured() {
+            // A span per call only when traces are exported: none otherwise.
+            builder = builder.trace_fn(crate::telemetry::request_span);
+        }
+        let router = builder
             .timeout(config.request_timeout)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -38,6 +38,10 @@ impl Redis {
         // with it, the reconnect policy applies from the start. Commands never
         // wait for a reconnect: `connected()` short-circuits them.
         config.fail_fast = false;
+        // A span per command (name and sizes only, never keys or values),
+        // only when traces are exported.
+        config.tracing =
+            fred::types::config::TracingConfig::new(crate::telemetry::otlp_configured());
         let client = Builder::from_config(config)
             .with_performance_config(|perf| {
                 // fred has no command timeout by default: a hung Redis would hang every call.

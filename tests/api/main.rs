@@ -22,4 +22,5 @@ mod redis_faults;
 mod rig;
 mod sentinel;
 mod storage;
+mod traces;
 mod users;

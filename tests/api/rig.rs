@@ -188,6 +188,17 @@ impl ServerProcess {
         extra: &[&str],
         uid: Option<u32>,
     ) -> Self {
+        Self::start_with(database_url, redis_url, extra, uid, &[]).await
+    }
+
+    /// As [`Self::start_as`], with extra environment variables.
+    pub async fn start_with(
+        database_url: &str,
+        redis_url: &str,
+        extra: &[&str],
+        uid: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let logs = tempfile::tempdir().unwrap();
         std::fs::set_permissions(
@@ -215,7 +226,9 @@ impl ServerProcess {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut server = Self {
             args,
-            env: vec![("RUST_LOG".into(), "info".into())],
+            env: std::iter::once(("RUST_LOG".to_owned(), "info".to_owned()))
+                .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                .collect(),
             port,
             log: logs.path().join("roster.log"),
             run_as: uid,
