@@ -17,6 +17,45 @@ use crate::{
 pub use leaderboard_service::LeaderboardServiceImpl;
 pub use user_service::UserServiceImpl;
 
+/// One audited call: who made it and which method (see `crate::audit`).
+pub(crate) struct Audited {
+    caller: Option<crate::access::Caller>,
+    method: &'static str,
+}
+
+impl Audited {
+    /// The caller the access layer identified for `request`.
+    pub(crate) fn of<T>(request: &tonic::Request<T>, method: &'static str) -> Self {
+        Self {
+            caller: request.extensions().get::<crate::access::Caller>().cloned(),
+            method,
+        }
+    }
+
+    /// Records the outcome; `user` is the user the call was about, once
+    /// known (a request that did not parse has none).
+    pub(crate) fn record(
+        &self,
+        user: Option<&crate::domain::NameKey>,
+        request_id: Option<&crate::domain::RequestId>,
+        outcome: &str,
+    ) {
+        crate::audit::call(
+            self.caller.as_ref(),
+            self.method,
+            user.map(crate::domain::NameKey::as_str),
+            outcome,
+            request_id.map(crate::domain::RequestId::as_str),
+        );
+    }
+
+    /// Records a request that did not parse, and hands its error back.
+    pub(crate) fn refused(&self, error: Error) -> Error {
+        self.record(None, None, error.reason());
+        error
+    }
+}
+
 /// The call's deadline from its `grpc-timeout` header, if the client set one.
 /// Parsed here because tonic enforces the header but does not expose it.
 pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {

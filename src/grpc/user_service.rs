@@ -2,8 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{deadline, parse};
+use super::{Audited, deadline, parse};
 use crate::{
+    audit,
     proto::roster::v1::{self as pb, user_service_server::UserService},
     users::Users,
 };
@@ -26,12 +27,17 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let audited = Audited::of(&request, "CreateUser");
         let deadline = deadline(&request);
-        let (name, password, request_id) = parse::create_user(request.into_inner())?;
-        let user = self
+        let (name, password, request_id) =
+            parse::create_user(request.into_inner()).map_err(|e| audited.refused(e))?;
+        let key = name.key().clone();
+        let result = self
             .users
-            .create(name, password, request_id, deadline)
-            .await?;
+            .create(name, password, request_id.clone(), deadline)
+            .await;
+        audited.record(Some(&key), request_id.as_ref(), audit::outcome(&result));
+        let user = result?;
         Ok(Response::new(pb::CreateUserResponse {
             user: Some((&user).into()),
         }))
@@ -52,9 +58,19 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::VerifyPasswordRequest>,
     ) -> Result<Response<pb::VerifyPasswordResponse>, Status> {
+        let audited = Audited::of(&request, "VerifyPassword");
         let deadline = deadline(&request);
-        let (name, password) = parse::verify_password(request.into_inner())?;
-        let user = self.users.verify_password(name, password, deadline).await?;
+        let (name, password) =
+            parse::verify_password(request.into_inner()).map_err(|e| audited.refused(e))?;
+        let key = name.key().clone();
+        let result = self.users.verify_password(name, password, deadline).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "valid",
+            Ok(None) => "invalid",
+            Err(error) => error.reason(),
+        };
+        audited.record(Some(&key), None, outcome);
+        let user = result?;
         Ok(Response::new(pb::VerifyPasswordResponse {
             valid: user.is_some(),
             user: user.as_ref().map(Into::into),
@@ -65,12 +81,17 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let audited = Audited::of(&request, "ChangePassword");
         let deadline = deadline(&request);
-        let (name, current, new, request_id) = parse::change_password(request.into_inner())?;
-        let user = self
+        let (name, current, new, request_id) =
+            parse::change_password(request.into_inner()).map_err(|e| audited.refused(e))?;
+        let key = name.key().clone();
+        let result = self
             .users
-            .change_password(name, current, new, request_id, deadline)
-            .await?;
+            .change_password(name, current, new, request_id.clone(), deadline)
+            .await;
+        audited.record(Some(&key), request_id.as_ref(), audit::outcome(&result));
+        let user = result?;
         Ok(Response::new(pb::ChangePasswordResponse {
             user: Some((&user).into()),
         }))
@@ -80,8 +101,13 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let (name, request_id) = parse::delete_user(request.into_inner())?;
-        self.users.delete(name, request_id).await?;
+        let audited = Audited::of(&request, "DeleteUser");
+        let (name, request_id) =
+            parse::delete_user(request.into_inner()).map_err(|e| audited.refused(e))?;
+        let key = name.key().clone();
+        let result = self.users.delete(name, request_id.clone()).await;
+        audited.record(Some(&key), request_id.as_ref(), audit::outcome(&result));
+        result?;
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
 
@@ -89,8 +115,12 @@ impl UserService for UserServiceImpl {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let (size, cursor) = parse::list_users(request.into_inner())?;
-        let (users, next) = self.users.list(size, cursor).await?;
+        let audited = Audited::of(&request, "ListUsers");
+        let (size, cursor) =
+            parse::list_users(request.into_inner()).map_err(|e| audited.refused(e))?;
+        let result = self.users.list(size, cursor).await;
+        audited.record(None, None, audit::outcome(&result));
+        let (users, next) = result?;
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(Into::into).collect(),
             next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),

@@ -2,6 +2,7 @@
 //! file, a private redis-server, and a real tonic client over TCP.
 
 mod access;
+mod audit;
 mod board_copy;
 mod cache;
 mod consistency;
