@@ -49,12 +49,15 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The key of the caller's quota bucket: the identity, else the peer's IP.
-    fn quota_key(&self) -> String {
+    /// The key of the caller's quota bucket: the identity, else the peer's
+    /// IP. `None` for an anonymous caller on loopback: that is a sidecar or
+    /// a local proxy speaking for many callers, not one caller (give
+    /// callers identities to have per-caller quotas behind a mesh).
+    fn quota_key(&self) -> Option<String> {
         match (&self.identity, self.peer) {
-            (Some(identity), _) => format!("id:{identity}"),
-            (None, Some(peer)) => format!("ip:{}", peer.ip()),
-            (None, None) => "unknown".to_owned(),
+            (Some(identity), _) => Some(format!("id:{identity}")),
+            (None, Some(peer)) if !peer.ip().is_loopback() => Some(format!("ip:{}", peer.ip())),
+            (None, _) => None,
         }
     }
 }
@@ -173,7 +176,8 @@ impl Access {
             }
         }
         if HASHING_METHODS.contains(&method)
-            && let Err(retry_after) = self.inner.quota.check(&caller.quota_key())
+            && let Some(key) = caller.quota_key()
+            && let Err(retry_after) = self.inner.quota.check(&key)
         {
             return Err(Error::CallerQuotaExceeded { retry_after });
         }
