@@ -21,7 +21,7 @@ import yaml
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
-HEALTH_NAMES = {"", "roster.v1.UserService", "roster.v1.LeaderboardService"}
+HEALTH_NAMES = {"", "roster.v1.UserService", "roster.v1.LeaderboardService", "liveness"}
 
 # Memory budget (deploy/kubernetes/base/deployment.yaml explains it): base
 # 60 MB, the board copy for 100,000 ranked users twice (a reload), 19 MiB per

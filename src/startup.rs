@@ -41,8 +41,14 @@ pub type StartupError = Box<dyn StdError + Send + Sync>;
 
 /// Requests are small; refuse anything larger before decoding it.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// gRPC names of the services whose health we report ("" is the whole server).
+/// gRPC names of the services whose health we report ("" is the whole
+/// server): SERVING while the database answers, NOT_SERVING from the moment
+/// a shutdown starts.
 const HEALTH_SERVICES: [&str; 3] = ["", "roster.v1.UserService", "roster.v1.LeaderboardService"];
+/// The health name for liveness probes: SERVING for as long as the process
+/// serves calls, whatever the database does (a restart cures no database
+/// outage).
+const LIVENESS: &str = "liveness";
 
 /// A built, not yet serving, Roster: the listener is bound and migrations ran.
 pub struct Application {
@@ -250,6 +256,9 @@ impl Application {
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let user_service = UserServiceServer::new(UserServiceImpl::new(users))

@@ -21,9 +21,13 @@ use crate::{
 };
 
 async fn health(app: &crate::helpers::TestApp) -> i32 {
+    health_of(app, "roster.v1.UserService").await
+}
+
+async fn health_of(app: &crate::helpers::TestApp, service: &str) -> i32 {
     HealthClient::new(app.channel.clone())
         .check(HealthCheckRequest {
-            service: "roster.v1.UserService".into(),
+            service: service.into(),
         })
         .await
         .unwrap()
@@ -130,6 +134,11 @@ async fn on_postgres_health_and_errors_follow_the_database_being_reachable() {
     assert!(
         down,
         "health goes NOT_SERVING while the database is unreachable"
+    );
+    assert_eq!(
+        health_of(&app, "liveness").await,
+        ServingStatus::Serving as i32,
+        "liveness does not follow the database"
     );
     let status = app.get_user("postgres-user").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
