@@ -445,8 +445,11 @@ impl PasswordHasher {
         T: Send + 'static,
     {
         let wait = self.expected_wait();
+        // Twice the average hash: a hash that starts just in time and takes
+        // a little longer than usual must still finish before the deadline.
+        let margin = self.hash_time().saturating_mul(2);
         if let Some(deadline) = deadline {
-            let needed = wait.saturating_add(self.hash_time());
+            let needed = wait.saturating_add(margin);
             if Instant::now() + needed > deadline {
                 return Err(Error::HashingSaturated {
                     retry_after: wait.max(self.hash_time()),
@@ -459,7 +462,7 @@ impl PasswordHasher {
         let acquired = match deadline {
             // The turn must come early enough for the hash itself to finish.
             Some(deadline) => {
-                let latest = deadline.checked_sub(self.hash_time()).unwrap_or(deadline);
+                let latest = deadline.checked_sub(margin).unwrap_or(deadline);
                 tokio::time::timeout_at(latest, acquire).await.ok()
             }
             None => Some(acquire.await),

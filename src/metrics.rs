@@ -11,6 +11,7 @@
 //! typed structs.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     task::{Context, Poll},
     time::Instant,
@@ -92,6 +93,9 @@ impl Outcome {
 /// Every metric Roster records. Cheap to clone (handles to shared values).
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// The hot paths' series, resolved once (a family look-up hashes its
+    /// labels under a lock on every call).
+    hot: Arc<Hot>,
     started: Family<MethodLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
     handling: Family<MethodLabels, Histogram>,
@@ -122,6 +126,16 @@ pub struct Metrics {
     pub redis_errors: Family<Kind, Counter>,
 }
 
+/// Series incremented on every cached read.
+#[derive(Debug)]
+struct Hot {
+    cache: [Counter; 4],
+    board: [Counter; 3],
+}
+
+const CACHE_RESULTS: [&str; 4] = ["hit", "miss", "error", "bypassed"];
+const BOARD_SOURCES: [&str; 3] = ["copy", "script", "database"];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -132,13 +146,22 @@ impl Metrics {
     /// Fresh, zeroed metrics.
     pub fn new() -> Self {
         let latency = || Histogram::new(LATENCY_BUCKETS);
+        let cache_lookups: Family<Outcome, Counter> = Family::default();
+        let board_reads: Family<Source, Counter> = Family::default();
+        let hot = Hot {
+            cache: CACHE_RESULTS
+                .map(|result| cache_lookups.get_or_create(&Outcome { result }).clone()),
+            board: BOARD_SOURCES
+                .map(|source| board_reads.get_or_create(&Source { source }).clone()),
+        };
         Self {
+            hot: Arc::new(hot),
             started: Family::default(),
             handled: Family::default(),
             handling: Family::new_with_constructor(latency),
             received: Family::default(),
             sent: Family::default(),
-            cache_lookups: Family::default(),
+            cache_lookups,
             cache_fills_voided: Counter::default(),
             delivery_rounds: Family::default(),
             cache_pending: Gauge::default(),
@@ -146,20 +169,27 @@ impl Metrics {
             refusals: Family::default(),
             db_write_wait: latency(),
             db_write_errors: Family::default(),
-            board_reads: Family::default(),
+            board_reads,
             board_copy_loads: Counter::default(),
             redis_errors: Family::default(),
         }
     }
 
-    /// Counts one look-up result of the user cache.
+    /// Counts one look-up result of the user cache: hit, miss, error or
+    /// bypassed.
     pub fn cache(&self, result: &'static str) {
-        self.cache_lookups.get_or_create(&Outcome { result }).inc();
+        match CACHE_RESULTS.iter().position(|r| *r == result) {
+            Some(index) => self.hot.cache[index].inc(),
+            None => self.cache_lookups.get_or_create(&Outcome { result }).inc(),
+        };
     }
 
-    /// Counts one board read answered by `source`.
+    /// Counts one board read answered by `source`: copy, script or database.
     pub fn board_read(&self, source: &'static str) {
-        self.board_reads.get_or_create(&Source { source }).inc();
+        match BOARD_SOURCES.iter().position(|s| *s == source) {
+            Some(index) => self.hot.board[index].inc(),
+            None => self.board_reads.get_or_create(&Source { source }).inc(),
+        };
     }
 
     /// A registry with every metric, plus `state` read at each scrape.
@@ -436,9 +466,89 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) {
     }
 }
 
-/// The tower layer that counts every gRPC call (go-grpc-prometheus).
+/// The tower layer that counts every gRPC call (go-grpc-prometheus). Each
+/// method's series are resolved once, when the layer is made, so a call
+/// touches only atomics (a method the server does not serve goes through
+/// the label families).
 #[derive(Clone)]
-pub struct GrpcMetricsLayer(pub Metrics);
+pub struct GrpcMetricsLayer {
+    metrics: Metrics,
+    methods: Arc<HashMap<String, Arc<MethodSeries>>>,
+}
+
+impl GrpcMetricsLayer {
+    /// The layer over `metrics`, with the series of `methods`
+    /// (`package.Service/Method`) resolved up front.
+    pub fn new(metrics: Metrics, methods: &[String]) -> Self {
+        let methods = methods
+            .iter()
+            .map(|path| {
+                (
+                    format!("/{path}"),
+                    Arc::new(MethodSeries::new(&metrics, path)),
+                )
+            })
+            .collect();
+        Self {
+            metrics,
+            methods: Arc::new(methods),
+        }
+    }
+}
+
+/// One method's label set and series.
+struct MethodSeries {
+    labels: MethodLabels,
+    started: Counter,
+    received: Counter,
+    sent: Counter,
+    handling: Histogram,
+    /// `grpc_server_handled_total` by code (0 to 16), made on first use so
+    /// that only codes that happened are exported.
+    handled: [std::sync::OnceLock<Counter>; 17],
+    metrics: Metrics,
+}
+
+impl MethodSeries {
+    fn new(metrics: &Metrics, path: &str) -> Self {
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let labels = MethodLabels {
+            grpc_type: grpc_type(service, method),
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        Self {
+            started: metrics.started.get_or_create(&labels).clone(),
+            received: metrics.received.get_or_create(&labels).clone(),
+            sent: metrics.sent.get_or_create(&labels).clone(),
+            handling: metrics.handling.get_or_create(&labels).clone(),
+            handled: Default::default(),
+            labels,
+            metrics: metrics.clone(),
+        }
+    }
+
+    fn finish(&self, code: tonic::Code, began: Instant, sent: u64) {
+        let index = usize::try_from(code as i32).unwrap_or(2).min(16);
+        self.handled[index]
+            .get_or_init(|| {
+                self.metrics
+                    .handled
+                    .get_or_create(&HandledLabels {
+                        grpc_type: self.labels.grpc_type,
+                        grpc_service: self.labels.grpc_service.clone(),
+                        grpc_method: self.labels.grpc_method.clone(),
+                        grpc_code: code_name(code),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.handling.observe(began.elapsed().as_secs_f64());
+        if sent > 0 {
+            self.sent.inc_by(sent);
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetricsService<S>;
@@ -446,7 +556,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetricsService {
             inner,
-            metrics: self.0.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -455,10 +565,62 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetricsService<S> {
     inner: S,
-    metrics: Metrics,
+    layer: GrpcMetricsLayer,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`GrpcMetricsService`]: records the call
+    /// when its answer is known.
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+        refusals: Family<Reason, Counter>,
+    }
+}
+
+impl<F, E> std::future::Future for MetricsFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            other => return other,
+        };
+        let Some(call) = this.call.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        // A call that failed before any message has its status in the
+        // headers (trailers-only); otherwise it comes in the trailers.
+        if let Some(code) = response.headers().get("grpc-status") {
+            let code = status_code(code);
+            if matches!(
+                code,
+                tonic::Code::ResourceExhausted
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ) {
+                let reason = refusal_reason(response.headers()).unwrap_or_default();
+                this.refusals.get_or_create(&Reason { reason }).inc();
+            }
+            call.series.finish(code, call.began, 0);
+            return Poll::Ready(Ok(response));
+        }
+        let (parts, body) = response.into_parts();
+        let observed = Observed {
+            inner: body,
+            call: Some(call),
+        };
+        Poll::Ready(Ok(http::Response::from_parts(
+            parts,
+            tonic::body::Body::new(observed),
+        )))
+    }
+}
 
 /// The streaming kind of a method, as go-grpc-prometheus names it.
 fn grpc_type(service: &str, method: &str) -> &'static str {
@@ -480,77 +642,45 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = MetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let labels = MethodLabels {
-            grpc_type: grpc_type(service, method),
-            grpc_service: service.to_owned(),
-            grpc_method: method.to_owned(),
+        let path = request.uri().path();
+        let series = self.layer.methods.get(path).cloned().unwrap_or_else(|| {
+            Arc::new(MethodSeries::new(
+                &self.layer.metrics,
+                path.trim_start_matches('/'),
+            ))
+        });
+        series.started.inc();
+        series.received.inc();
+        let call = Call {
+            series,
+            began: Instant::now(),
+            messages: 0,
         };
-        let metrics = self.metrics.clone();
-        metrics.started.get_or_create(&labels).inc();
-        metrics.received.get_or_create(&labels).inc();
-        let began = Instant::now();
+        // The service that was made ready serves this call; a fresh clone
+        // waits for the next poll_ready.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = ready.call(request).await?;
-            // A call that failed before any message has its status in the
-            // headers (trailers-only); otherwise it comes in the trailers.
-            if let Some(code) = response.headers().get("grpc-status") {
-                let code = code_name(code.to_str().unwrap_or(""));
-                if matches!(
-                    code,
-                    "ResourceExhausted" | "PermissionDenied" | "Unauthenticated"
-                ) {
-                    let reason = refusal_reason(response.headers()).unwrap_or_default();
-                    metrics.refusals.get_or_create(&Reason { reason }).inc();
-                }
-                finish(&metrics, &labels, code, began, 0);
-                return Ok(response);
-            }
-            let (parts, body) = response.into_parts();
-            let observed = Observed {
-                inner: body,
-                call: Some(Call {
-                    metrics,
-                    labels,
-                    began,
-                    messages: 0,
-                }),
-            };
-            Ok(http::Response::from_parts(
-                parts,
-                tonic::body::Body::new(observed),
-            ))
-        })
+        MetricsFuture {
+            inner: ready.call(request),
+            call: Some(call),
+            refusals: self.layer.metrics.refusals.clone(),
+        }
     }
 }
 
-fn finish(metrics: &Metrics, labels: &MethodLabels, code: &'static str, began: Instant, sent: u64) {
-    metrics
-        .handled
-        .get_or_create(&HandledLabels {
-            grpc_type: labels.grpc_type,
-            grpc_service: labels.grpc_service.clone(),
-            grpc_method: labels.grpc_method.clone(),
-            grpc_code: code,
-        })
-        .inc();
-    metrics
-        .handling
-        .get_or_create(labels)
-        .observe(began.elapsed().as_secs_f64());
-    if sent > 0 {
-        metrics.sent.get_or_create(labels).inc_by(sent);
-    }
+fn status_code(value: &http::HeaderValue) -> tonic::Code {
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from)
 }
 
 /// The ErrorInfo reason in a trailers-only error response's details.
@@ -576,32 +706,31 @@ fn refusal_reason(headers: &http::HeaderMap) -> Option<String> {
     })
 }
 
-/// A grpc-status value as go-grpc-prometheus's code label.
-fn code_name(status: &str) -> &'static str {
-    match status.trim().parse::<i32>().map(tonic::Code::from) {
-        Ok(tonic::Code::Ok) => "OK",
-        Ok(tonic::Code::Cancelled) => "Canceled",
-        Ok(tonic::Code::Unknown) | Err(_) => "Unknown",
-        Ok(tonic::Code::InvalidArgument) => "InvalidArgument",
-        Ok(tonic::Code::DeadlineExceeded) => "DeadlineExceeded",
-        Ok(tonic::Code::NotFound) => "NotFound",
-        Ok(tonic::Code::AlreadyExists) => "AlreadyExists",
-        Ok(tonic::Code::PermissionDenied) => "PermissionDenied",
-        Ok(tonic::Code::ResourceExhausted) => "ResourceExhausted",
-        Ok(tonic::Code::FailedPrecondition) => "FailedPrecondition",
-        Ok(tonic::Code::Aborted) => "Aborted",
-        Ok(tonic::Code::OutOfRange) => "OutOfRange",
-        Ok(tonic::Code::Unimplemented) => "Unimplemented",
-        Ok(tonic::Code::Internal) => "Internal",
-        Ok(tonic::Code::Unavailable) => "Unavailable",
-        Ok(tonic::Code::DataLoss) => "DataLoss",
-        Ok(tonic::Code::Unauthenticated) => "Unauthenticated",
+/// A code as go-grpc-prometheus's label.
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "Canceled",
+        tonic::Code::Unknown => "Unknown",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::DeadlineExceeded => "DeadlineExceeded",
+        tonic::Code::NotFound => "NotFound",
+        tonic::Code::AlreadyExists => "AlreadyExists",
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::ResourceExhausted => "ResourceExhausted",
+        tonic::Code::FailedPrecondition => "FailedPrecondition",
+        tonic::Code::Aborted => "Aborted",
+        tonic::Code::OutOfRange => "OutOfRange",
+        tonic::Code::Unimplemented => "Unimplemented",
+        tonic::Code::Internal => "Internal",
+        tonic::Code::Unavailable => "Unavailable",
+        tonic::Code::DataLoss => "DataLoss",
+        tonic::Code::Unauthenticated => "Unauthenticated",
     }
 }
 
 struct Call {
-    metrics: Metrics,
-    labels: MethodLabels,
+    series: Arc<MethodSeries>,
     began: Instant,
     messages: u64,
 }
@@ -633,8 +762,8 @@ impl http_body::Body for Observed {
             {
                 let code = trailers
                     .get("grpc-status")
-                    .map_or("Unknown", |v| code_name(v.to_str().unwrap_or("")));
-                finish(&call.metrics, &call.labels, code, call.began, call.messages);
+                    .map_or(tonic::Code::Unknown, status_code);
+                call.series.finish(code, call.began, call.messages);
             }
         }
         polled
@@ -652,13 +781,8 @@ impl http_body::Body for Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
-            finish(
-                &call.metrics,
-                &call.labels,
-                "Canceled",
-                call.began,
-                call.messages,
-            );
+            call.series
+                .finish(tonic::Code::Cancelled, call.began, call.messages);
         }
     }
 }

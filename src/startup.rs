@@ -284,7 +284,7 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(GrpcMetricsLayer(metrics))
+            .layer(GrpcMetricsLayer::new(metrics, &access::served_methods()))
             .layer(access.layer())
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -24,6 +24,15 @@ pub use identity::{Identity, Tokens};
 pub use policy::{DEFAULT_PUBLIC, Decision, Policy};
 pub use quota::{CallerQuota, HASHING_METHODS};
 
+/// The methods the audit trail records (their handlers read the [`Caller`]).
+pub const AUDITED_METHODS: [&str; 5] = [
+    "roster.v1.UserService/CreateUser",
+    "roster.v1.UserService/ChangePassword",
+    "roster.v1.UserService/DeleteUser",
+    "roster.v1.UserService/ListUsers",
+    "roster.v1.UserService/VerifyPassword",
+];
+
 use crate::error::Error;
 
 /// Which forwarded identity header, if any, to believe. Only a sidecar that
@@ -71,13 +80,16 @@ pub struct Access {
 struct State {
     /// `None`: no policy, every method open (logged at start).
     policy: ArcSwapOption<Policy>,
+    /// Identities of client certificates seen (parsing X.509 on every call
+    /// would cost more than the call); cleared when it grows past a bound.
+    certificates: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<Identity>>>,
     policy_file: Option<PathBuf>,
     methods: Vec<String>,
     forwarded: ForwardedIdentity,
     quota: CallerQuota,
 }
 
-/// How often the policy file is checked for changes.
+/// How often the policy and TLS files are checked for changes.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Access {
@@ -107,6 +119,7 @@ impl Access {
         Ok(Self {
             inner: Arc::new(State {
                 policy: ArcSwapOption::new(policy),
+                certificates: std::sync::Mutex::default(),
                 policy_file,
                 methods,
                 forwarded,
@@ -130,11 +143,9 @@ impl Access {
                 .get::<TcpConnectInfo>()
                 .and_then(TcpConnectInfo::remote_addr)
         });
-        let from_cert = tls.and_then(TlsConnectInfo::peer_certs).and_then(|certs| {
-            certs
-                .first()
-                .and_then(|cert| Identity::from_certificate(cert))
-        });
+        let from_cert = tls
+            .and_then(TlsConnectInfo::peer_certs)
+            .and_then(|certs| certs.first().and_then(|cert| self.identify(cert)));
         let header = |name: &str| {
             request
                 .headers()
@@ -164,6 +175,34 @@ impl Access {
             identity: from_cert.or_else(forwarded).or_else(bearer),
             peer,
         }
+    }
+
+    /// The identity in a verified client certificate, parsed once per
+    /// certificate.
+    fn identify(&self, der: &[u8]) -> Option<Identity> {
+        const KEEP: usize = 10_000;
+        let mut known = self
+            .inner
+            .certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(identity) = known.get(der) {
+            return identity.clone();
+        }
+        if known.len() >= KEEP {
+            known.clear();
+        }
+        let identity = Identity::from_certificate(der);
+        known.insert(der.to_vec(), identity.clone());
+        identity
+    }
+
+    /// Whether a call of `method` needs its caller identified: always under
+    /// a policy; otherwise only for the quotas and the audit trail.
+    fn needs_caller(&self, method: &str) -> bool {
+        self.inner.policy.load().is_some()
+            || HASHING_METHODS.contains(&method)
+            || AUDITED_METHODS.contains(&method)
     }
 
     /// Whether `caller` may call `method` now: the policy, then the quota.
@@ -199,41 +238,76 @@ impl Access {
     /// Reloads the policy when its file changes or SIGHUP arrives, and
     /// prunes idle quota buckets, for as long as it runs.
     pub async fn maintain(self) {
+        let files: Vec<PathBuf> = self.inner.policy_file.iter().cloned().collect();
+        let mut trigger = Reload::new(files);
+        loop {
+            let due = trigger.wait().await;
+            self.inner.quota.prune();
+            if due && let Err(error) = self.reload() {
+                tracing::error!(%error, "access policy did not load; keeping the previous one");
+            }
+        }
+    }
+}
+
+/// When files a server reads at start should be read again: when one of
+/// them changed (checked every few seconds) or SIGHUP arrived.
+pub(crate) struct Reload {
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<SystemTime>>,
+    check: tokio::time::Interval,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reload {
+    /// Watches `files` (as they are now).
+    pub(crate) fn new(files: Vec<PathBuf>) -> Self {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let modified = |path: &PathBuf| -> Option<SystemTime> {
-            std::fs::metadata(path).and_then(|m| m.modified()).ok()
-        };
-        let mut stamp = self.inner.policy_file.as_ref().and_then(modified);
-        loop {
+        Self {
+            stamps: stamps(&files),
+            files,
+            check,
             #[cfg(unix)]
-            let forced = tokio::select! {
-                _ = check.tick() => false,
+            hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Waits for the next check; `true` when the files are due to be read
+    /// again (one changed, or SIGHUP arrived).
+    pub(crate) async fn wait(&mut self) -> bool {
+        #[cfg(unix)]
+        let forced = {
+            let hangup = &mut self.hangup;
+            tokio::select! {
+                _ = self.check.tick() => false,
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(signal) => signal.recv().await,
                         None => std::future::pending().await,
                     }
                 } => true,
-            };
-            #[cfg(not(unix))]
-            let forced = {
-                check.tick().await;
-                false
-            };
-            self.inner.quota.prune();
-            let now = self.inner.policy_file.as_ref().and_then(modified);
-            if forced || now != stamp {
-                stamp = now;
-                if let Err(error) = self.reload() {
-                    tracing::error!(%error, "access policy did not load; keeping the previous one");
-                }
             }
-        }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            self.check.tick().await;
+            false
+        };
+        let now = stamps(&self.files);
+        let changed = now != self.stamps;
+        self.stamps = now;
+        forced || changed
     }
+}
+
+/// The files' modification times (to notice a change).
+fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 fn load(path: &PathBuf, methods: &[String]) -> Result<Policy, String> {
@@ -265,7 +339,35 @@ pub struct AccessService<S> {
     access: Access,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pin_project_lite::pin_project! {
+    /// The response future of [`AccessService`]: the call's (`inner`), or a
+    /// refusal (`answer`, until it is handed out).
+    #[allow(missing_docs)]
+    #[project = AccessProjection]
+    pub enum AccessFuture<F> {
+        /// The call goes ahead.
+        Call { #[pin] inner: F },
+        /// The call was refused; the answer is ready.
+        Refused { answer: Option<http::Response<tonic::body::Body>> },
+    }
+}
+
+impl<F, E> std::future::Future for AccessFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AccessProjection::Call { inner } => inner.poll(cx),
+            AccessProjection::Refused { answer } => match answer.take() {
+                Some(answer) => Poll::Ready(Ok(answer)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
 
 impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
 where
@@ -278,29 +380,46 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = AccessFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let method = request.uri().path().trim_start_matches('/');
+        if !self.access.needs_caller(method) {
+            // No policy, no quota, no audit: nothing to decide or record.
+            return self.forward(request);
+        }
+        let method = method.to_owned();
         let caller = self.access.caller(&request);
         match self.access.check(&method, &caller) {
             Ok(()) => {
                 request.extensions_mut().insert(caller);
-                // The service that was made ready serves this call; a fresh
-                // clone waits for the next poll_ready.
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { ready.call(request).await })
+                self.forward(request)
             }
             Err(error) => {
                 crate::audit::denied(&caller, &method, &error);
-                let status = tonic::Status::from(error);
-                Box::pin(async move { Ok(status.into_http()) })
+                AccessFuture::Refused {
+                    answer: Some(tonic::Status::from(error).into_http()),
+                }
             }
+        }
+    }
+}
+
+impl<S: Clone> AccessService<S> {
+    /// Hands `request` to the service that was made ready (a fresh clone
+    /// waits for the next poll_ready).
+    fn forward<B>(&mut self, request: http::Request<B>) -> AccessFuture<S::Future>
+    where
+        S: tower::Service<http::Request<B>>,
+    {
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        AccessFuture::Call {
+            inner: ready.call(request),
         }
     }
 }

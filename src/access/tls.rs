@@ -12,8 +12,8 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -57,8 +57,6 @@ pub struct TlsFiles {
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the files are checked for changes.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The listener's TLS: an acceptor whose certificate and client verifier
 /// can be replaced while it runs.
@@ -73,7 +71,6 @@ struct Reloader {
     provider: Arc<CryptoProvider>,
     cert: Arc<SwappableCert>,
     verifier: Arc<SwappableVerifier>,
-    stamps: Mutex<Vec<Option<SystemTime>>>,
 }
 
 impl Tls {
@@ -90,7 +87,6 @@ impl Tls {
             .with_cert_resolver(Arc::clone(&cert) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let reloader = Arc::new(Reloader {
-            stamps: Mutex::new(stamps(&files)),
             files,
             provider,
             cert,
@@ -111,42 +107,21 @@ impl Tls {
     /// Reloads whenever the files change or SIGHUP arrives, for as long as
     /// it runs.
     pub async fn watch(self) {
-        let mut check = tokio::time::interval(CHECK_EVERY);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let files = &self.reloader.files;
+        let watched = [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let mut trigger = super::Reload::new(watched);
         loop {
-            #[cfg(unix)]
-            let forced = tokio::select! {
-                _ = check.tick() => false,
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => true,
-            };
-            #[cfg(not(unix))]
-            let forced = {
-                check.tick().await;
-                false
-            };
-            let changed = {
-                let current = stamps(&self.reloader.files);
-                let mut known = self
-                    .reloader
-                    .stamps
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let changed = *known != current;
-                *known = current;
-                changed
-            };
-            if forced || changed {
+            if trigger.wait().await {
                 match self.reload() {
                     Ok(()) => tracing::info!(
-                        forced,
                         "TLS certificate, key and client CA reloaded; new connections use them"
                     ),
                     Err(error) => tracing::error!(
@@ -205,19 +180,6 @@ impl Reloader {
         self.verifier.0.store(Arc::new(verifier));
         Ok(())
     }
-}
-
-/// The files' modification times (to notice a change).
-fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [
-        Some(&files.cert),
-        Some(&files.key),
-        files.client_ca.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
-    .collect()
 }
 
 fn load(

@@ -141,6 +141,7 @@ impl RedisUse {
 /// What every scenario runs against.
 struct Rig<'a> {
     args: &'a Args,
+    addr: std::net::SocketAddr,
     channels: Vec<Channel>,
     redis: fred::clients::Client,
 }
@@ -548,6 +549,7 @@ fn main() {
 
         let rig = Rig {
             args: &args,
+            addr,
             channels,
             redis,
         };
@@ -807,11 +809,24 @@ async fn storm(rig: &Rig<'_>, first: usize) -> Vec<Report> {
     };
     let idle = run_load(rig, "Storm: GetUser idle", READERS, hits()).await;
 
+    // The storm comes from another caller: its own connections, so the
+    // readers' calls do not queue behind its streams in shared HTTP/2
+    // connections.
+    let mut storm_channels = Vec::new();
+    for _ in 0..rig.channels.len() {
+        storm_channels.push(
+            Channel::from_shared(format!("http://{}", rig.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
     let stop = Instant::now() + rig.args.duration;
     let cursor = Arc::new(AtomicUsize::new(first));
     let creators: Vec<_> = (0..CREATORS)
         .map(|i| {
-            let channel = rig.channels[i % rig.channels.len()].clone();
+            let channel = storm_channels[i % storm_channels.len()].clone();
             let cursor = Arc::clone(&cursor);
             tokio::spawn(async move {
                 let mut outcomes: Vec<(tonic::Code, Duration)> = Vec::new();

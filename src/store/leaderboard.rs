@@ -265,17 +265,8 @@ impl Store {
     /// Deletes idempotency records created before `before`; returns how many.
     #[tracing::instrument(skip_all)]
     pub async fn prune_record_game_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
-        self.observed(async {
-            let txn = self.health.begin(&self.writer).await.map_err(classify)?;
-            let result = requests::Entity::delete_many()
-                .filter(requests::Column::CreateTime.lt(before))
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-            txn.commit().await.map_err(classify)?;
-            Ok(result.rows_affected)
-        })
-        .await
+        self.prune::<requests::Entity>(requests::Column::CreateTime, before)
+            .await
     }
 
     /// The current board entries and stats of the ranked users among

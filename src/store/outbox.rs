@@ -159,27 +159,29 @@ impl Store {
     /// Deletes outbox rows that committed before `before`; returns how many.
     #[tracing::instrument(skip_all)]
     pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, Error> {
-        self.observed(async {
-            let txn = self.health.begin(&self.writer).await.map_err(classify)?;
-            let result = cache_outbox::Entity::delete_many()
-                .filter(cache_outbox::Column::CreateTime.lt(before))
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-            txn.commit().await.map_err(classify)?;
-            Ok(result.rows_affected)
-        })
-        .await
+        self.prune::<cache_outbox::Entity>(cache_outbox::Column::CreateTime, before)
+            .await
     }
 
     /// Deletes user RPC idempotency records created before `before`.
     #[tracing::instrument(skip_all)]
     pub async fn prune_user_requests(&self, before: DateTime<Utc>) -> Result<u64, Error> {
         use super::entities::user_requests;
+        self.prune::<user_requests::Entity>(user_requests::Column::CreateTime, before)
+            .await
+    }
+
+    /// Deletes the rows of `E` whose `created` column is before `before`,
+    /// in one write transaction; returns how many.
+    pub(super) async fn prune<E: EntityTrait>(
+        &self,
+        created: E::Column,
+        before: DateTime<Utc>,
+    ) -> Result<u64, Error> {
         self.observed(async {
             let txn = self.health.begin(&self.writer).await.map_err(classify)?;
-            let result = user_requests::Entity::delete_many()
-                .filter(user_requests::Column::CreateTime.lt(before))
+            let result = E::delete_many()
+                .filter(created.lt(before))
                 .exec(&txn)
                 .await
                 .map_err(classify)?;
