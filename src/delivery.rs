@@ -262,12 +262,20 @@ impl Delivery {
         seen: Option<u64>,
         head: u64,
     ) -> Result<bool, BoxError> {
-        tracing::warn!(
-            delivered = ?seen,
-            head,
-            "redis does not hold the cache outbox position (new, emptied, or further behind \
-             than the outbox keeps); flushing cached users and rebuilding the board"
-        );
+        match seen {
+            // A new or emptied Redis: the usual first start.
+            None => tracing::info!(
+                head,
+                "redis holds no cache outbox position (new or emptied); flushing cached users \
+                 and rebuilding the board"
+            ),
+            Some(delivered) => tracing::warn!(
+                delivered,
+                head,
+                "redis is further behind than the cache outbox keeps; flushing cached users and \
+                 rebuilding the board"
+            ),
+        }
         let flushed = outbox.flush_users().await?;
         outbox.drop_board().await?;
         let restarted = outbox.restart(seen, head).await?;
