@@ -49,7 +49,9 @@ export interface CreateUserRequest {
    *   default-ignorable or unassigned code points, symbols outside the
    *   PRECIS IdentifierClass;
    * - one script only (Latin with a Cyrillic letter is refused as a
-   *   confusable), digits and common punctuation aside.
+   *   confusable), digits and common punctuation aside;
+   * - the name as shown (its NFC form) must pass these rules too, with the
+   *   same key.
    * Uniqueness is by the canonical key: width-folded, lower-cased, NFC.
    * "Alice", "ALICE" and "ａｌｉｃｅ" are the same user.
    */
