@@ -288,6 +288,8 @@ pub struct State {
     pub pools: Box<dyn Fn() -> Vec<(&'static str, u32, u32)> + Send + Sync>,
     /// Whether cached answers are served now (the freshness gate).
     pub fresh: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Whether database writes are failing for a storage reason now.
+    pub writes_failing: Box<dyn Fn() -> bool + Send + Sync>,
     /// Board copy: (ranked users in it, log entries behind Redis).
     pub copy: Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
 }
@@ -359,6 +361,12 @@ impl Collector for State {
             "roster_cache_fresh",
             "1 while cached answers are served (a delivery round found Redis holding every committed change within the staleness bound), else 0",
             i64::from((self.fresh)()),
+        )?;
+        gauge(
+            &mut encoder,
+            "roster_db_writes_failing",
+            "1 while database writes fail for a storage reason (full, read-only or failing disk), else 0",
+            i64::from((self.writes_failing)()),
         )?;
         if let Some((users, lag)) = (self.copy)() {
             gauge(

@@ -190,6 +190,10 @@ impl Application {
                         let freshness = Arc::clone(&freshness);
                         move || freshness.is_fresh()
                     }),
+                    writes_failing: Box::new({
+                        let store = store.clone();
+                        move || store.writes_failing()
+                    }),
                     copy: Box::new({
                         let board = board.clone();
                         move || board.copy_stats()

@@ -17,7 +17,8 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use sea_orm::{
@@ -80,13 +81,41 @@ pub(crate) fn release_reader(
 /// Whether writes are failing for a storage reason (full, read-only or
 /// failing disk). Logs one ERROR line when an episode starts and one INFO
 /// line when it ends, instead of one line per call.
-#[derive(Debug, Default)]
+///
+/// An episode ends only at a write that succeeds [`WriteHealth::QUIET`]
+/// after the last failure: on a nearly full disk some writes still fit
+/// (SQLite reuses free pages) and successes interleave with failures; each
+/// of those is not a recovery, and logging one would flood the log with
+/// ERROR/INFO pairs (found by the long fault run).
+#[derive(Debug)]
 pub(crate) struct WriteHealth {
     failing: AtomicBool,
+    /// Milliseconds from `epoch` to the last storage failure.
+    last_failure: AtomicU64,
+    epoch: Instant,
     metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
+impl Default for WriteHealth {
+    fn default() -> Self {
+        Self {
+            failing: AtomicBool::new(false),
+            last_failure: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+}
+
 impl WriteHealth {
+    /// How long writes must have gone without a storage failure before a
+    /// success ends the episode.
+    const QUIET: Duration = Duration::from_secs(2);
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Records write metrics in `metrics` from now on.
     pub(crate) fn set_metrics(&self, metrics: crate::metrics::Metrics) {
         let _ = self.metrics.set(metrics);
@@ -124,6 +153,7 @@ impl WriteHealth {
         }
         match result {
             Err(error @ (Error::StorageFull(_) | Error::StorageFailed(_))) => {
+                self.last_failure.store(self.now(), Ordering::Release);
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(
                         error = %Chain(error),
@@ -133,7 +163,14 @@ impl WriteHealth {
                 }
             }
             Ok(_) => {
-                if self.failing.swap(false, Ordering::AcqRel) {
+                let quiet = u64::try_from(Self::QUIET.as_millis()).unwrap_or(u64::MAX);
+                if self.failing.load(Ordering::Acquire)
+                    && self
+                        .now()
+                        .saturating_sub(self.last_failure.load(Ordering::Acquire))
+                        >= quiet
+                    && self.failing.swap(false, Ordering::AcqRel)
+                {
                     tracing::info!("database writes succeed again");
                 }
             }
@@ -141,8 +178,39 @@ impl WriteHealth {
         }
     }
 
-    /// Whether the last storage-related write outcome was a failure.
+    /// Whether a storage failure episode is under way.
     pub(crate) fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Result<(), Error> {
+        Err(Error::StorageFull(DbErr::Custom(
+            "database or disk is full".into(),
+        )))
+    }
+
+    #[test]
+    fn a_success_between_failures_does_not_end_the_episode() {
+        let health = WriteHealth {
+            epoch: Instant::now() - Duration::from_secs(10),
+            ..WriteHealth::default()
+        };
+        health.observe(&full());
+        assert!(health.is_failing());
+        // A write that still fit on a nearly full disk.
+        health.observe(&Ok(()));
+        assert!(health.is_failing(), "one success right after a failure");
+        // A success once the quiet time has passed since the last failure.
+        let quiet = u64::try_from(WriteHealth::QUIET.as_millis()).unwrap();
+        health
+            .last_failure
+            .store(health.now() - quiet, Ordering::Release);
+        health.observe(&Ok(()));
+        assert!(!health.is_failing());
     }
 }

@@ -96,6 +96,7 @@ async fn the_metrics_endpoint_passes_promtool_and_a_call_moves_the_right_counter
     assert!(after.contains("roster_db_connections{pool=\"writer\",state=\"idle\"}"));
     assert!(after.contains("process_resident_memory_bytes"));
     assert!(after.contains("roster_cache_fresh"));
+    assert!(after.contains("\nroster_db_writes_failing 0\n"), "{after}");
 
     // The real promtool.
     match Command::new("promtool")

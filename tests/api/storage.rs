@@ -106,6 +106,13 @@ async fn a_full_disk_refuses_writes_with_storage_full_loses_nothing_and_recovers
         after.codes
     );
 
+    // The episode ends at a write that succeeds 2 s after the last failure
+    // (successes interleaved with failures on a nearly full disk do not end
+    // it); the last failure came before the disk was freed.
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(freed.elapsed())).await;
+    create(&channel, "two-seconds-after-the-disk-was-freed")
+        .await
+        .expect("a write after the episode");
     assert!(server.terminate(), "clean exit after the episode");
     let db = sqlite(&db).await;
     for (phase, history) in [("before", &before), ("during", &during), ("after", &after)] {
