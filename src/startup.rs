@@ -288,7 +288,11 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(GrpcMetricsLayer::new(metrics, &access::served_methods()))
+            // The gRPC metrics only when something can scrape them: without
+            // `--metrics-addr` a call pays nothing for them.
+            .layer(tower::util::option_layer(metrics_listener.is_some().then(
+                || GrpcMetricsLayer::new(metrics, &access::served_methods()),
+            )))
             .layer(access.layer())
             .add_service(health_service)
             .add_service(reflection_v1)

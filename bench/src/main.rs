@@ -7,6 +7,8 @@
 //! only calls that returned OK.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+mod costs;
+
 use std::{
     future::Future,
     net::TcpListener,
@@ -82,6 +84,11 @@ struct Args {
     /// "GetUser (cache hit)" reads the users the miss scenario cached.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Turn tracing on: export every span over OTLP to a sink in this
+    /// process that discards them (compare the `cost: plaintext` line with
+    /// and without it: `--only cost:`).
+    #[arg(long)]
+    otlp_sink: bool,
 }
 
 impl Args {
@@ -154,7 +161,7 @@ impl Report {
     fn print(&self) {
         let calls = self.ok.max(1) as f64;
         println!(
-            "{:<22} {:>10.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  \
+            "{:<26} {:>10.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  \
              redis {:>5.2} cmd {:>5.1} us/call  ({} ok, {} errors)",
             self.name,
             self.rate(),
@@ -449,16 +456,6 @@ fn main() {
         "--log-filter",
         &args.log_filter,
     ]);
-    roster::telemetry::init(config.log_format, &config.log_filter);
-
-    // One real hash for every preloaded user.
-    let hasher = PasswordHasher::new(HashPolicy::default(), cores).unwrap();
-    let password = Password::parse("correct horse battery staple".into()).unwrap();
-    let phc = hasher.hash_blocking(&password).unwrap();
-    // Only CreateUser needs argon2's ceiling: 60 hashes not worth making otherwise.
-    let argon2 = args
-        .runs("CreateUser")
-        .then(|| Argon2Alone::measure(&hasher, &password, cores));
 
     // The server gets its own runtime, as it would in its own process.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -473,6 +470,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.otlp_sink {
+        let endpoint = client_runtime.block_on(otlp_sink());
+        // SAFETY: no other thread reads the environment yet (the runtimes'
+        // workers run nothing until the telemetry is installed below).
+        unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint) };
+        println!("tracing on: every span exported over OTLP to a discarding sink");
+    }
+    // The OTLP exporter, when on, needs a runtime to install into.
+    let _telemetry = server_runtime
+        .block_on(async { roster::telemetry::init(config.log_format, &config.log_filter) });
+
+    // One real hash for every preloaded user.
+    let hasher = PasswordHasher::new(HashPolicy::default(), cores).unwrap();
+    let password = Password::parse("correct horse battery staple".into()).unwrap();
+    let phc = hasher.hash_blocking(&password).unwrap();
+    // Only CreateUser needs argon2's ceiling: 60 hashes not worth making otherwise.
+    let argon2 = args
+        .runs("CreateUser")
+        .then(|| Argon2Alone::measure(&hasher, &password, cores));
 
     println!(
         "roster-bench: {cores} cores, {} per scenario, concurrency {} over {} connections",
@@ -503,7 +519,7 @@ fn main() {
     let rss_before = resident_set_size();
     let began = Instant::now();
     let app = server_runtime
-        .block_on(Application::build(config))
+        .block_on(Application::build(config.clone()))
         .expect("roster starts");
     let addr = app.local_addr();
     let board = app.board();
@@ -586,9 +602,8 @@ fn main() {
         reports.extend(miss);
 
         // Hits: the users just read are all in Redis now.
-        let cursor = Arc::new(AtomicUsize::new(0));
-        reports.extend(
-            load(&rig, "GetUser (cache hit)", args.concurrency, move |ch| {
+        let hit = move |cursor: Arc<AtomicUsize>| {
+            move |ch| {
                 let i = cursor.fetch_add(1, Ordering::Relaxed) % read;
                 Some(async move {
                     UserServiceClient::new(ch)
@@ -596,7 +611,26 @@ fn main() {
                         .await
                         .map(drop)
                 })
-            })
+            }
+        };
+        reports.extend(
+            load(
+                &rig,
+                "GetUser (cache hit)",
+                args.concurrency,
+                hit(Arc::default()),
+            )
+            .await,
+        );
+        reports.extend(
+            costs::run(
+                &rig,
+                server_runtime.handle(),
+                &config,
+                args.users as u64,
+                dir.path(),
+                hit(Arc::default()),
+            )
             .await,
         );
 
@@ -758,6 +792,7 @@ fn main() {
             }
         }
     }
+    costs::print_ratios(&reports);
     if let Some(record) = rate("RecordGame") {
         println!(
             "{:<31} {record:.0}/s  (target >= 1000/s) {}",
@@ -773,6 +808,33 @@ fn main() {
             verdict(ratio >= 0.8)
         );
     }
+}
+
+/// A discarding OTLP trace receiver on a free loopback port; returns its
+/// endpoint. It runs on the current runtime until the process ends.
+async fn otlp_sink() -> String {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    };
+    struct Sink;
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            _request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Sink))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    endpoint
 }
 
 /// Where the storm's new users start: past the preloaded users and past any
