@@ -28,14 +28,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::helpers::{PASSWORD, RedisServer, reason, test_config};
 
 /// A certificate authority and what it signed, as PEM files in a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca: Issuer<'static, KeyPair>,
-    ca_pem: String,
+    pub(crate) ca_pem: String,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -49,11 +49,11 @@ impl Pki {
         }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         let path = self.path("ca.pem");
         std::fs::write(&path, &self.ca_pem).unwrap();
         path
@@ -61,7 +61,18 @@ impl Pki {
 
     /// A leaf certificate with `sans` (DNS names, IPs, or `spiffe://` URIs)
     /// and common name `cn`; returns (cert PEM, key PEM).
-    fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+    pub(crate) fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        self.leaf_with(cn, sans, |_| {})
+    }
+
+    /// As [`Self::leaf`], with `adjust` applied to the certificate's
+    /// parameters before signing (e.g. its validity period).
+    pub(crate) fn leaf_with(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -76,12 +87,13 @@ impl Pki {
                     SanType::DnsName((*san).try_into().unwrap())
                 });
         }
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
     /// Writes a server certificate for localhost; returns (cert, key) paths.
-    fn server_files(&self, cn: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn server_files(&self, cn: &str) -> (PathBuf, PathBuf) {
         let (cert, key) = self.leaf(cn, &["localhost", "127.0.0.1"]);
         let (cert_path, key_path) = (self.path("server.pem"), self.path("server-key.pem"));
         // Key first, then the certificate, each replaced in one rename, as
