@@ -32,6 +32,13 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// File holding the Postgres password (the container `*_FILE`
+    /// convention): read once at start, a trailing line break dropped, never
+    /// logged. For a DATABASE_URL without a password; TLS is set in the URL
+    /// (`?sslmode=verify-full&sslrootcert=/path/ca.pem`).
+    #[arg(long, env = "DATABASE_PASSWORD_FILE", global = true)]
+    pub database_password_file: Option<std::path::PathBuf>,
+
     /// Maximum connections in the database pool (SQLite writes always use one).
     #[arg(
         long,
@@ -50,6 +57,41 @@ pub struct Config {
         global = true
     )]
     pub redis_url: String,
+
+    /// ACL user to sign in to Redis as, for a REDIS_URL that names none
+    /// (`rediss://USER@host:port` works too).
+    #[arg(long, env = "ROSTER_REDIS_USERNAME", global = true)]
+    pub redis_username: Option<String>,
+
+    /// File holding the Redis password (AUTH, or the ACL user's password):
+    /// read once at start, a trailing line break dropped, never logged.
+    /// For a REDIS_URL without a password.
+    #[arg(long, env = "REDIS_PASSWORD_FILE", global = true)]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// CA bundle (PEM) that a `rediss://` server's certificate must chain
+    /// to, instead of the system's roots.
+    #[arg(long, env = "ROSTER_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate chain (PEM) to present to a `rediss://` server
+    /// that requires one (mTLS).
+    #[arg(
+        long,
+        env = "ROSTER_REDIS_CLIENT_CERT",
+        requires = "redis_client_key",
+        global = true
+    )]
+    pub redis_client_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of `--redis-client-cert`.
+    #[arg(
+        long,
+        env = "ROSTER_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert",
+        global = true
+    )]
+    pub redis_client_key: Option<std::path::PathBuf>,
 
     /// How long a cached user lives in Redis.
     #[arg(long, env = "ROSTER_CACHE_TTL", default_value = "300s", value_parser = humantime::parse_duration)]

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod backends;
 pub mod cache;
 pub mod config;
 pub mod credentials;

@@ -17,6 +17,7 @@ use crate::{
         self, Access, CallerQuota,
         tls::{Tls, TlsFiles},
     },
+    backends::{BackendCredentials, read_secret_file, redact_url},
     cache::{Freshness, Redis, UserCache, board::BoardCache, outbox::OutboxCache},
     config::{CallerQuotaSetting, Config, MigrateMode},
     credentials::{HashPolicy, PasswordHasher},
@@ -80,7 +81,19 @@ impl Application {
             config.effective_hash_concurrency(),
         )?
         .with_metrics(metrics.clone());
-        let store = Store::open(&config.database_url, config.db_max_connections).await?;
+        let credentials = BackendCredentials::load(&config)?;
+        tracing::info!(
+            database = %redact_url(&config.database_url),
+            redis = %redact_url(&config.redis_url),
+            redis_tls = credentials.redis.tls.is_some(),
+            "connecting to the backends"
+        );
+        let store = Store::open_with_password(
+            &config.database_url,
+            credentials.database_password.as_ref(),
+            config.db_max_connections,
+        )
+        .await?;
         match config.migrate {
             MigrateMode::Auto => {
                 store.migrate().await?;
@@ -102,7 +115,12 @@ impl Application {
             tracing::info!("no REDIS_URL; cache and login throttle disabled");
             None
         } else {
-            let redis = Redis::connect(&config.redis_url, config.redis_timeout, metrics.clone())?;
+            let redis = Redis::connect(
+                &config.redis_url,
+                &credentials.redis,
+                config.redis_timeout,
+                metrics.clone(),
+            )?;
             redis.wait_connected(Duration::from_secs(1)).await;
             Some(redis)
         };
@@ -429,7 +447,12 @@ async fn watch_database(store: Store, health: HealthReporter, interval: Duration
 /// `roster migrate [--check]`: applies pending migrations (or, with
 /// `check`, only lists them). Returns whether none is pending afterwards.
 pub async fn migrate(config: &Config, check: bool) -> Result<bool, StartupError> {
-    let store = Store::open(&config.database_url, 1).await?;
+    let password = config
+        .database_password_file
+        .as_deref()
+        .map(read_secret_file)
+        .transpose()?;
+    let store = Store::open_with_password(&config.database_url, password.as_ref(), 1).await?;
     let pending = if check {
         store.pending_migrations().await?
     } else {

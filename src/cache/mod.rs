@@ -15,10 +15,25 @@ use fred::prelude::{
     ReconnectPolicy, TcpConfig,
 };
 
+use fred::types::config::{TlsConfig, TlsConnector, TlsHostMapping};
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::{metrics::Metrics, telemetry::LogThrottle};
 
 pub use freshness::{Freshness, Round};
 pub use users::{UserCache, lease_key, user_key};
+
+/// How Roster signs in to Redis and checks it, beyond what the URL says.
+#[derive(Clone, Default)]
+pub struct RedisCredentials {
+    /// The ACL user, when the URL names none.
+    pub username: Option<String>,
+    /// The password (read from a file), when the URL carries none.
+    pub password: Option<SecretString>,
+    /// The TLS client configuration for `rediss://` (a private CA, a client
+    /// certificate); `None` keeps fred's default (the system's roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
 
 /// A Redis connection that is used only while it is up. Cheap to clone.
 #[derive(Clone)]
@@ -32,8 +47,33 @@ impl Redis {
     /// Starts connecting to `url` in the background and returns at once:
     /// Roster serves without Redis and starts using it once it answers.
     /// Fails only when the URL itself is invalid.
-    pub fn connect(url: &str, timeout: Duration, metrics: Metrics) -> Result<Self, RedisError> {
-        let mut config = RedisConfig::from_url(url)?;
+    pub fn connect(
+        url: &str,
+        credentials: &RedisCredentials,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, RedisError> {
+        let mut config = match &credentials.tls {
+            // fred would load the system's roots for a TLS URL (and fail
+            // where that store is broken); ours replace them.
+            Some(tls) => {
+                let mut config = RedisConfig::from_url(&without_tls_scheme(url))?;
+                config.tls = Some(TlsConfig {
+                    connector: TlsConnector::Rustls(tokio_rustls::TlsConnector::from(Arc::clone(
+                        tls,
+                    ))),
+                    hostnames: TlsHostMapping::None,
+                });
+                config
+            }
+            None => RedisConfig::from_url(url)?,
+        };
+        if let Some(username) = &credentials.username {
+            config.username = Some(username.clone());
+        }
+        if let Some(password) = &credentials.password {
+            config.password = Some(password.expose_secret().to_owned());
+        }
         // Without this fred gives up for good when the first connection fails;
         // with it, the reconnect policy applies from the start. Commands never
         // wait for a reconnect: `connected()` short-circuits them.
@@ -154,6 +194,17 @@ impl Redis {
             }
         }
     }
+}
+
+/// `url` with its TLS scheme (`rediss`, `rediss-cluster`, `valkeys`, ...)
+/// named without the TLS part, for a configuration whose TLS is set apart.
+fn without_tls_scheme(url: &str) -> String {
+    for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
+        if let Some(rest) = url.strip_prefix(tls) {
+            return format!("{plain}{rest}");
+        }
+    }
+    url.to_owned()
 }
 
 /// A Lua script run by its SHA-1 (EVALSHA), so the hot paths do not send and

@@ -24,6 +24,7 @@ use sea_orm::{
     sea_query::Expr,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::{
@@ -82,7 +83,29 @@ impl Store {
 
     /// Connects and logs the engine's version; applies no migration.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        Self::open_with_password(url, None, max_connections).await
+    }
+
+    /// As [`Self::open`], signing in to Postgres with `password` (for a URL
+    /// that carries none). The password goes into the connection options,
+    /// never into a URL: SeaORM quotes the URL in some of its errors. TLS
+    /// is the URL's: sqlx reads `sslmode` (`disable`, `prefer` (its
+    /// default), `require`, `verify-ca`, `verify-full`), `sslrootcert`,
+    /// `sslcert` and `sslkey` from it, and SeaORM passes the URL through.
+    pub async fn open_with_password(
+        url: &str,
+        password: Option<&SecretString>,
+        max_connections: u32,
+    ) -> Result<Self, DbErr> {
         let sqlite = url.starts_with("sqlite:");
+        if sqlite && password.is_some() {
+            return Err(DbErr::Custom(
+                "DATABASE_PASSWORD_FILE applies to Postgres only; DATABASE_URL names SQLite".into(),
+            ));
+        }
+        if !sqlite {
+            check_postgres_url(url, password.is_some())?;
+        }
         let health = Arc::new(write::WriteHealth::default());
         let (reader, writer) = if sqlite {
             let reader =
@@ -96,6 +119,9 @@ impl Store {
                 .connect_timeout(ACQUIRE_TIMEOUT)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .sqlx_logging(false);
+            if let Some(password) = password.cloned() {
+                options.map_sqlx_postgres_opts(move |pg| pg.password(password.expose_secret()));
+            }
             let pool = Database::connect(options).await?;
             (pool.clone(), pool)
         };
@@ -500,6 +526,25 @@ impl Store {
             .map_err(classify)?;
         Ok(row.map(User::from))
     }
+}
+
+/// Refuses a Postgres URL that does not parse (without quoting it: it may
+/// hold a password) and one that carries a password when `password_apart`
+/// says a password file gives one too.
+fn check_postgres_url(url: &str, password_apart: bool) -> Result<(), DbErr> {
+    let parsed = url::Url::parse(url).map_err(|error| {
+        DbErr::Custom(format!(
+            "DATABASE_URL is not a valid URL ({error}); not shown, as it may hold a password"
+        ))
+    })?;
+    if password_apart && parsed.password().is_some() {
+        return Err(DbErr::Custom(
+            "DATABASE_URL carries a password and so does DATABASE_PASSWORD_FILE; give it \
+             once, preferably in the file"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn sqlite_options(url: &str, max_connections: u32, writer: bool) -> ConnectOptions {

@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod backends;
 mod board_copy;
 mod cache;
 mod consistency;

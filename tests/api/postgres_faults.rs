@@ -71,6 +71,18 @@ impl PrivatePostgres {
     /// Creates a cluster (initdb) and starts it; `None`, after saying why,
     /// when that is not possible here.
     pub fn start() -> Option<Self> {
+        Self::start_with("", None, &[])
+    }
+
+    /// As [`Self::start`], with `settings` appended to postgresql.conf,
+    /// `hba` (when given) as the whole pg_hba.conf, and `files` (name,
+    /// content) written into the data directory, readable by the server
+    /// only (as it wants its TLS key).
+    pub fn start_with(
+        extra_settings: &str,
+        hba: Option<&str>,
+        files: &[(&str, &str)],
+    ) -> Option<Self> {
         let Some(bin) = server_binaries() else {
             eprintln!(
                 "SKIPPED: no PostgreSQL server binaries (initdb, postgres, pg_isready) \
@@ -144,12 +156,30 @@ impl PrivatePostgres {
         let conf = server.data().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(&settings);
+        text.push_str(extra_settings);
         std::fs::write(&conf, text).unwrap();
+        if let Some(hba) = hba {
+            std::fs::write(server.data().join("pg_hba.conf"), hba).unwrap();
+        }
+        for (name, content) in files {
+            let path = server.data().join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some((uid, gid)) = server.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
         if let Err(why) = server.try_start(Duration::from_secs(30)) {
             eprintln!("SKIPPED: the private PostgreSQL server does not start here: {why}");
             return None;
         }
         Some(server)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL of its `postgres` database.
