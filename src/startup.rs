@@ -102,7 +102,12 @@ impl Application {
             tracing::info!("no REDIS_URL; cache and login throttle disabled");
             None
         } else {
-            let redis = Redis::connect(&config.redis_url, config.redis_timeout, metrics.clone())?;
+            let redis = Redis::connect(
+                &config.redis_url,
+                config.redis_timeout,
+                config.redis_key_prefix.clone(),
+                metrics.clone(),
+            )?;
             redis.wait_connected(Duration::from_secs(1)).await;
             Some(redis)
         };

@@ -450,6 +450,7 @@ fn main() {
         &args.log_filter,
     ]);
     roster::telemetry::init(config.log_format, &config.log_filter);
+    let keys = roster::cache::Keys::new(config.redis_key_prefix.clone());
 
     // One real hash for every preloaded user.
     let hasher = PasswordHasher::new(HashPolicy::default(), cores).unwrap();
@@ -524,7 +525,7 @@ fn main() {
             );
         }
         loop {
-            let ready: i64 = redis.exists(roster::cache::board::READY_KEY).await.unwrap();
+            let ready: i64 = redis.exists(keys.board_ready()).await.unwrap();
             if ready == 1 {
                 break;
             }
