@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::cache::KeyPrefix;
+
 /// Roster's configuration, read from flags and the environment (flags win).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "roster", version, about = "Roster: a gRPC user service")]
@@ -92,6 +94,14 @@ pub struct Config {
         global = true
     )]
     pub redis_client_key: Option<std::path::PathBuf>,
+
+    /// Every Redis key Roster uses starts with this (cached users, fill
+    /// leases, the board, the outbox marks, the login throttle), and a flush
+    /// of the user cache touches only keys under it. Deployments sharing a
+    /// Redis must each use their own. Printable ASCII without spaces, `{` or
+    /// `}` (keys carry a Redis Cluster hash tag after it), at most 64 bytes.
+    #[arg(long, env = "ROSTER_REDIS_KEY_PREFIX", default_value = KeyPrefix::DEFAULT)]
+    pub redis_key_prefix: KeyPrefix,
 
     /// How long a cached user lives in Redis.
     #[arg(long, env = "ROSTER_CACHE_TTL", default_value = "300s", value_parser = humantime::parse_duration)]

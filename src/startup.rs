@@ -119,6 +119,7 @@ impl Application {
                 &config.redis_url,
                 &credentials.redis,
                 config.redis_timeout,
+                config.redis_key_prefix.clone(),
                 metrics.clone(),
             )?;
             redis.wait_connected(Duration::from_secs(1)).await;

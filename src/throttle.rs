@@ -69,11 +69,6 @@ pub struct Throttle {
     policy: ThrottlePolicy,
 }
 
-/// The Redis key of an account's failure count.
-pub fn throttle_key(key: &NameKey) -> String {
-    format!("roster:v1:throttle:{{{key}}}")
-}
-
 impl Throttle {
     /// A throttle over `redis`; without Redis it lets everything through.
     pub fn new(redis: Option<Redis>, policy: ThrottlePolicy) -> Self {
@@ -82,11 +77,11 @@ impl Throttle {
 
     /// `TooManyAttempts` while the account must wait.
     pub async fn check(&self, key: &NameKey) -> Result<(), Error> {
-        let Some(client) = self.client() else {
+        let Some((client, throttle_key)) = self.connected(key) else {
             return Ok(());
         };
         let result: Result<i64, _> = REMAINING
-            .eval(client, vec![throttle_key(key)], Vec::<String>::new())
+            .eval(client, vec![throttle_key], Vec::<String>::new())
             .await;
         match result {
             Ok(left) if left > 0 => Err(Error::TooManyAttempts {
@@ -102,7 +97,7 @@ impl Throttle {
 
     /// Counts a failed check.
     pub async fn record_failure(&self, key: &NameKey) {
-        let Some(client) = self.client() else {
+        let Some((client, throttle_key)) = self.connected(key) else {
             return;
         };
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string();
@@ -112,7 +107,7 @@ impl Throttle {
             millis(self.policy.max_delay),
             millis(MEMORY),
         ];
-        let result: Result<i64, _> = FAILED.eval(client, vec![throttle_key(key)], args).await;
+        let result: Result<i64, _> = FAILED.eval(client, vec![throttle_key], args).await;
         match result {
             Ok(delay) if delay > 0 => {
                 tracing::warn!(user = %key, delay_ms = delay, "failed password checks throttled");
@@ -124,22 +119,23 @@ impl Throttle {
 
     /// Clears the account's failures after a successful check.
     pub async fn record_success(&self, key: &NameKey) {
-        let Some(client) = self.client() else {
+        let Some((client, throttle_key)) = self.connected(key) else {
             return;
         };
-        let result: Result<i64, _> = client.del(throttle_key(key)).await;
+        let result: Result<i64, _> = client.del(throttle_key).await;
         if let Err(error) = result {
             self.fail_open(&error);
         }
     }
 
-    fn client(&self) -> Option<&fred::clients::Client> {
+    /// The client, when connected, and the Redis key of `account`'s failures.
+    fn connected(&self, account: &NameKey) -> Option<(&fred::clients::Client, String)> {
         let redis = self.redis.as_ref()?;
-        let client = redis.connected();
-        if client.is_none() {
+        let Some(client) = redis.connected() else {
             redis.warn("redis unavailable; login throttle failing open", None);
-        }
-        client
+            return None;
+        };
+        Some((client, redis.keys().throttle(account)))
     }
 
     fn fail_open(&self, error: &fred::prelude::Error) {

@@ -456,6 +456,7 @@ fn main() {
         "--log-filter",
         &args.log_filter,
     ]);
+    let keys = roster::cache::Keys::new(config.redis_key_prefix.clone());
 
     // The server gets its own runtime, as it would in its own process.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -540,7 +541,7 @@ fn main() {
             );
         }
         loop {
-            let ready: i64 = redis.exists(roster::cache::board::READY_KEY).await.unwrap();
+            let ready: i64 = redis.exists(keys.board_ready()).await.unwrap();
             if ready == 1 {
                 break;
             }

@@ -1,10 +1,12 @@
 //! Redis (fred): one fail-open connection shared by the user cache, the
 //! leaderboard's sorted set, the outbox delivery marks and the login
-//! throttle, plus the Lua script runner they use, and the freshness gate in
-//! front of every cached answer. A Redis failure never fails a call.
+//! throttle, with the names of their keys under the deployment's prefix,
+//! plus the Lua script runner they use, and the freshness gate in front of
+//! every cached answer. A Redis failure never fails a call.
 
 pub mod board;
 mod freshness;
+mod keys;
 pub mod outbox;
 mod users;
 
@@ -21,7 +23,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::{metrics::Metrics, telemetry::LogThrottle};
 
 pub use freshness::{Freshness, Round};
-pub use users::{UserCache, lease_key, user_key};
+pub use keys::{KeyPrefix, Keys};
+pub use users::UserCache;
 
 /// How Roster signs in to Redis and checks it, beyond what the URL says.
 #[derive(Clone, Default)]
@@ -39,6 +42,7 @@ pub struct RedisCredentials {
 #[derive(Clone)]
 pub struct Redis {
     client: fred::clients::Client,
+    keys: Arc<Keys>,
     warnings: Arc<LogThrottle>,
     metrics: Metrics,
 }
@@ -46,11 +50,13 @@ pub struct Redis {
 impl Redis {
     /// Starts connecting to `url` in the background and returns at once:
     /// Roster serves without Redis and starts using it once it answers.
-    /// Fails only when the URL itself is invalid.
+    /// Every key it uses starts with `prefix`. Fails only when the URL
+    /// itself is invalid.
     pub fn connect(
         url: &str,
         credentials: &RedisCredentials,
         timeout: Duration,
+        prefix: KeyPrefix,
         metrics: Metrics,
     ) -> Result<Self, RedisError> {
         let mut config = match &credentials.tls {
@@ -100,12 +106,13 @@ impl Redis {
             .build()?;
         let redis = Self {
             client: client.clone(),
+            keys: Arc::new(Keys::new(prefix.clone())),
             warnings: Arc::new(LogThrottle::new(Duration::from_secs(10))),
             metrics,
         };
-        client.on_reconnect(|server| async move {
-            tracing::info!(%server, "redis connected");
-            Ok(())
+        client.on_reconnect(move |server| {
+            tracing::info!(%server, key_prefix = %prefix, "redis connected");
+            async { Ok(()) }
         });
         let warnings = Arc::clone(&redis.warnings);
         client.on_error(move |(error, server)| {
@@ -167,6 +174,11 @@ impl Redis {
             self.warn("redis not connected; bypassed", None);
             None
         }
+    }
+
+    /// The names of Roster's keys, under this deployment's prefix.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// The metrics Roster records.

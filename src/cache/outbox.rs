@@ -1,7 +1,8 @@
 //! The Redis side of outbox delivery: how far Redis has taken in the
 //! database's cache outbox (`delivered`: every change numbered up to it is
-//! in Redis; numbers applied early wait in `ahead`), and the operations a
-//! delivery round needs. The round itself is `crate::delivery`.
+//! in Redis; numbers applied early wait in `ahead`, a ZSET; both named in
+//! `cache/keys.rs`), and the operations a delivery round needs. The round
+//! itself is `crate::delivery`.
 //!
 //! Both keys share the board's hash tag, so the board's update and removal
 //! scripts mark their outbox number in the same call, and a Redis Cluster
@@ -17,16 +18,9 @@ use fred::{
 };
 use tokio_stream::StreamExt;
 
-use super::{Redis, Script, lease_key, user_key};
-use crate::{
-    cache::board::{BUILDING_KEY, READY_KEY},
-    domain::NameKey,
-};
+use super::{Redis, Script, keys::BoardKeys};
+use crate::domain::NameKey;
 
-/// Every outbox change numbered up to this key's value is in Redis.
-pub const DELIVERED_KEY: &str = "roster:v1:outbox:{lb}:delivered";
-/// Outbox numbers applied before all lower ones were (a ZSET).
-pub const AHEAD_KEY: &str = "roster:v1:outbox:{lb}:ahead";
 /// The most `ahead` numbers one round reads (the rest are delivered again).
 const AHEAD_READ: usize = 10_000;
 /// Keys deleted per command when flushing.
@@ -71,13 +65,23 @@ impl OutboxCache {
             .ok_or_else(|| RedisError::new(fred::error::ErrorKind::IO, "redis is not connected"))
     }
 
+    fn keys(&self) -> &BoardKeys {
+        &self.redis.keys().board
+    }
+
+    /// The keys of the scripts that move `delivered`, in their order.
+    fn marks(&self) -> Vec<Key> {
+        vec![self.keys().delivered.clone(), self.keys().ahead.clone()]
+    }
+
     /// Reads `delivered`, the board's markers and the `ahead` numbers.
     pub async fn state(&self) -> Result<RedisState, RedisError> {
+        let board = self.keys();
         let keys = vec![
-            Key::from(DELIVERED_KEY),
-            Key::from(AHEAD_KEY),
-            Key::from(READY_KEY),
-            Key::from(BUILDING_KEY),
+            board.delivered.clone(),
+            board.ahead.clone(),
+            board.ready.clone(),
+            board.building.clone(),
         ];
         let reply: Value = STATE
             .eval(
@@ -108,10 +112,11 @@ impl OutboxCache {
     /// Deletes the cached users (and their fill leases) of `keys`.
     pub async fn forget_users(&self, keys: &[&NameKey]) -> Result<(), RedisError> {
         let client = self.client()?;
+        let names = self.redis.keys();
         // One DEL per name: in Redis Cluster the names live in different
         // slots, but a name's value and lease share one (its hash tag).
         for key in keys {
-            let _: i64 = Box::pin(client.del(vec![user_key(key), lease_key(key)])).await?;
+            let _: i64 = Box::pin(client.del(vec![names.user(key), names.user_lease(key)])).await?;
         }
         Ok(())
     }
@@ -119,29 +124,33 @@ impl OutboxCache {
     /// Moves `delivered` from `from` to `to` (and past numbers waiting in
     /// `ahead`). `false` when Redis lost data since the round read `from`.
     pub async fn advance(&self, from: u64, to: u64) -> Result<bool, RedisError> {
-        let keys = vec![Key::from(DELIVERED_KEY), Key::from(AHEAD_KEY)];
         let args = vec![Value::from(from.to_string()), Value::from(to.to_string())];
-        let moved: i64 = ADVANCE.eval(self.client()?, keys, args).await?;
+        let moved: i64 = ADVANCE.eval(self.client()?, self.marks(), args).await?;
         Ok(moved >= 0)
     }
 
     /// Marks one outbox number as delivered (a writer's own change, applied
     /// right after its commit).
     pub async fn mark(&self, seq: u64) -> Result<(), RedisError> {
-        let keys = vec![Key::from(DELIVERED_KEY), Key::from(AHEAD_KEY)];
         let _: i64 = MARK
-            .eval(self.client()?, keys, vec![Value::from(seq.to_string())])
+            .eval(
+                self.client()?,
+                self.marks(),
+                vec![Value::from(seq.to_string())],
+            )
             .await?;
         Ok(())
     }
 
-    /// Deletes every cached user and fill lease: what a Redis that went back
-    /// further than the outbox reaches (or never held `delivered`) may hold
-    /// cannot be told apart from what is current. Returns how many keys went.
+    /// Deletes every cached user and fill lease under this deployment's
+    /// prefix (another deployment's, sharing this Redis, are left alone):
+    /// what a Redis that went back further than the outbox reaches (or never
+    /// held `delivered`) may hold cannot be told apart from what is current.
+    /// Returns how many keys went.
     pub async fn flush_users(&self) -> Result<u64, RedisError> {
         let client = self.client()?;
         let mut flushed = 0;
-        for pattern in ["roster:v1:user:*", "roster:v1:user-lease:*"] {
+        for pattern in self.redis.keys().user_patterns() {
             let mut keys: Vec<Key> = Vec::new();
             let clustered = client.is_clustered();
             let mut stream: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = _> + Send>> =
@@ -164,18 +173,17 @@ impl OutboxCache {
     /// Sets `delivered` to `head` after a flush, if it still holds what the
     /// round saw (`None`: missing). `false` when it changed meanwhile.
     pub async fn restart(&self, seen: Option<u64>, head: u64) -> Result<bool, RedisError> {
-        let keys = vec![Key::from(DELIVERED_KEY), Key::from(AHEAD_KEY)];
         let args = vec![
             Value::from(seen.map(|seen| seen.to_string()).unwrap_or_default()),
             Value::from(head.to_string()),
         ];
-        let restarted: i64 = RESTART.eval(self.client()?, keys, args).await?;
+        let restarted: i64 = RESTART.eval(self.client()?, self.marks(), args).await?;
         Ok(restarted == 1)
     }
 
     /// Deletes the board's ready marker, so that a rebuild follows.
     pub async fn drop_board(&self) -> Result<(), RedisError> {
-        let _: i64 = self.client()?.del(READY_KEY).await?;
+        let _: i64 = self.client()?.del(&self.keys().ready).await?;
         Ok(())
     }
 }

@@ -24,17 +24,6 @@ use crate::domain::{NameKey, User};
 /// How long a lease lives: longer than any database read should take.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// The Redis key that caches the user with canonical name `key`. The name is
-/// the hash tag, so the value and its lease share a Redis Cluster slot.
-pub fn user_key(key: &NameKey) -> String {
-    format!("roster:v1:user:{{{key}}}")
-}
-
-/// The companion key holding the current fill lease for `key`.
-pub fn lease_key(key: &NameKey) -> String {
-    format!("roster:v1:user-lease:{{{key}}}")
-}
-
 /// Stores ARGV[2] under KEYS[1] for ARGV[3] seconds only if KEYS[2] (the
 /// lease) still holds ARGV[1]; consumes the lease. Returns 1 when stored.
 static GUARDED_FILL: Script = Script::new(
@@ -75,7 +64,7 @@ impl UserCache {
             metrics.cache("bypassed");
             return None;
         };
-        match client.get::<Option<Bytes>, _>(user_key(key)).await {
+        match client.get::<Option<Bytes>, _>(redis.keys().user(key)).await {
             Ok(Some(bytes)) => {
                 let user = crate::proto::decode_user(&bytes);
                 if user.is_none() {
@@ -105,7 +94,7 @@ impl UserCache {
         let expiry = Expiration::PX(i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX));
         let result: Result<(), _> = client
             .set(
-                lease_key(key),
+                redis.keys().user_lease(key),
                 token.as_str(),
                 Some(expiry),
                 None::<SetOptions>,
@@ -133,7 +122,7 @@ impl UserCache {
         };
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         let value = Bytes::from(crate::proto::encode_user(user));
-        let keys = vec![user_key(key), lease_key(key)];
+        let keys = vec![redis.keys().user(key), redis.keys().user_lease(key)];
         #[cfg(feature = "failpoints")]
         if crate::failpoint::is_unguarded(key.as_str()) {
             // Test-only: the fill without its guard, to show the race is real.

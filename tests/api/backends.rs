@@ -15,7 +15,7 @@ use std::{
 };
 
 use roster::{
-    cache::user_key,
+    cache::Keys,
     domain::UserName,
     proto::roster::v1::{self as pb, user_service_client::UserServiceClient},
     startup::Application,
@@ -131,7 +131,7 @@ impl Drop for TlsRedis {
 }
 
 fn key(name: &str) -> String {
-    user_key(UserName::parse(name).unwrap().key())
+    Keys::default().user(UserName::parse(name).unwrap().key())
 }
 
 /// Writes `text` (plus the line break an editor adds) to `name` in `dir`.

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use fred::prelude::{ClientLike, KeysInterface};
 use prost::Message;
-use roster::{cache::user_key, domain::UserName, proto::roster::v1 as pb};
+use roster::{cache::Keys, domain::UserName, proto::roster::v1 as pb};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::helpers::{eventually, spawn_app};
 
 fn key(name: &str) -> String {
-    user_key(UserName::parse(name).unwrap().key())
+    Keys::default().user(UserName::parse(name).unwrap().key())
 }
 
 async fn rename_row_underneath(app: &crate::helpers::TestApp, key: &str, new_name: &str) {

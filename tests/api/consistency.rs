@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fred::prelude::KeysInterface;
-use roster::{cache::user_key, domain::UserName, failpoint, proto::roster::v1 as pb};
+use roster::{cache::Keys, domain::UserName, failpoint, proto::roster::v1 as pb};
 use tonic::Code;
 
 use crate::helpers::{PASSWORD, TestApp, spawn_app};
@@ -25,7 +25,7 @@ async fn race_fill_against(
     failpoint::set_unguarded(&key, !guarded);
     let redis = app.redis.client().await;
     let _: i64 = redis
-        .del(user_key(UserName::parse(name).unwrap().key()))
+        .del(Keys::default().user(UserName::parse(name).unwrap().key()))
         .await
         .unwrap();
 
@@ -118,7 +118,7 @@ async fn concurrent_misses_for_one_name_read_the_database_once() {
     let key = key_of("popular");
     let redis = app.redis.client().await;
     let _: i64 = redis
-        .del(user_key(UserName::parse("popular").unwrap().key()))
+        .del(Keys::default().user(UserName::parse("popular").unwrap().key()))
         .await
         .unwrap();
 
@@ -216,7 +216,7 @@ async fn every_rpc_works_with_redis_down_and_a_missed_invalidation_is_delivered_
     let stale = prost::Message::encode_to_vec(&ada);
     let _: () = redis
         .set(
-            user_key(UserName::parse("ada").unwrap().key()),
+            Keys::default().user(UserName::parse("ada").unwrap().key()),
             stale,
             None,
             None,
@@ -235,7 +235,7 @@ async fn every_rpc_works_with_redis_down_and_a_missed_invalidation_is_delivered_
     let refilled = crate::helpers::eventually(Duration::from_secs(5), || async {
         app.get_user("ada").await.unwrap();
         let cached: Option<Vec<u8>> = redis
-            .get(user_key(UserName::parse("ada").unwrap().key()))
+            .get(Keys::default().user(UserName::parse("ada").unwrap().key()))
             .await
             .unwrap();
         cached.is_some_and(|bytes| {

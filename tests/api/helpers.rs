@@ -52,6 +52,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A handle on this server for another Roster to own: dropping it
+    /// leaves the server running.
+    pub fn share(&self) -> Self {
+        Self {
+            port: self.port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     /// Kills the server (as an outage would).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -272,12 +282,7 @@ impl TestApp {
     pub async fn spawn_replica_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();
         adjust(&mut config);
-        let borrowed = RedisServer {
-            port: self.redis.port,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        spawn_with(config, tempfile::tempdir().unwrap(), borrowed).await
+        spawn_with(config, tempfile::tempdir().unwrap(), self.redis.share()).await
     }
 
     /// Calls DeleteUser, panicking on failure.

@@ -11,6 +11,7 @@ mod crash;
 mod credentials;
 mod helpers;
 mod history;
+mod key_prefix;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;

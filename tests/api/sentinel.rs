@@ -21,7 +21,7 @@ use std::{
 };
 
 use prost::Message;
-use roster::{cache::user_key, domain::UserName, proto::roster::v1 as pb};
+use roster::{cache::Keys, domain::UserName, proto::roster::v1 as pb};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -420,7 +420,7 @@ impl Failover {
 }
 
 fn key(name: &str) -> String {
-    user_key(UserName::parse(name).unwrap().key())
+    Keys::default().user(UserName::parse(name).unwrap().key())
 }
 
 const DELIVERED: &str = "roster:v1:outbox:{lb}:delivered";

@@ -20,19 +20,19 @@ use std::{
 
 use fred::{
     prelude::{ClientLike, Error as RedisError, KeysInterface},
-    types::{Key, Value},
+    types::Value,
 };
 use tokio::sync::Notify;
 
 use super::{
-    layout::{
-        LOG_KEY, LoggedChange, MEMBERS_KEY, READY_KEY, SET_KEY, STATS_KEY, VERSION_KEY, as_u64,
-        board_entry, log_entry,
-    },
+    layout::{LoggedChange, as_u64, board_entry, log_entry},
     mirror::Mirror,
     scripts::{SCAN, SYNC},
 };
-use crate::{cache::Redis, domain::NameKey};
+use crate::{
+    cache::{Redis, keys::BoardKeys},
+    domain::NameKey,
+};
 
 /// Log entries read per sync script call.
 const SYNC_BATCH: u64 = 1_000;
@@ -214,7 +214,8 @@ impl Copy {
     /// copy now covers it.
     async fn sync(&self) -> Option<(Arc<str>, u64)> {
         // Quietly: the calls that fall back to Redis report its absence.
-        let client = self.redis.as_ref().map(Redis::client)?;
+        let redis = self.redis.as_ref()?;
+        let (client, keys) = (redis.client(), &redis.keys().board);
         if !client.is_connected() {
             return None;
         }
@@ -223,7 +224,7 @@ impl Copy {
         // deletes both at once, so a matching generation means the version
         // is that generation's. Anything else goes through the script.
         let (generation, applied) = self.copy_position()?;
-        let found = generation_and_version(client).await;
+        let found = generation_and_version(client, keys).await;
         if let Ok(Some((_, version))) = &found {
             self.seen.store(*version, Ordering::Relaxed);
         }
@@ -245,11 +246,7 @@ impl Copy {
                 Value::from(format!("{}-0", applied.saturating_add(1))),
                 Value::from(SYNC_BATCH.to_string()),
             ];
-            let keys = vec![
-                Key::from(READY_KEY),
-                Key::from(VERSION_KEY),
-                Key::from(LOG_KEY),
-            ];
+            let keys = vec![keys.ready.clone(), keys.version.clone(), keys.log.clone()];
             let reply: Vec<Value> = match SYNC.eval::<Value, _, _>(client, keys, args).await {
                 Ok(reply) => reply.into_array(),
                 Err(error) => {
@@ -393,18 +390,14 @@ impl Copy {
     /// that follow apply them (the merge rules make applying twice
     /// harmless). `None` while the set is not ready.
     async fn load_copy(&self) -> Result<Option<Mirror>, RedisError> {
-        let client = self.require_client()?;
-        let Some((generation, version)) = generation_and_version(client).await? else {
+        let (client, keys) = self.require_client()?;
+        let Some((generation, version)) = generation_and_version(client, keys).await? else {
             return Ok(None);
         };
         let mut mirror = Mirror::new(generation.into(), version);
         let mut cursor = String::from("0");
         loop {
-            let keys = vec![
-                Key::from(MEMBERS_KEY),
-                Key::from(SET_KEY),
-                Key::from(STATS_KEY),
-            ];
+            let keys = vec![keys.members.clone(), keys.set.clone(), keys.stats.clone()];
             let args = vec![
                 Value::from(cursor.as_str()),
                 Value::from(SCAN_BATCH.to_string()),
@@ -434,8 +427,10 @@ impl Copy {
         }
     }
 
-    fn connected(&self) -> Option<&fred::clients::Client> {
-        self.redis.as_ref().and_then(Redis::connected)
+    /// The client, when connected, and the board's keys.
+    fn connected(&self) -> Option<(&fred::clients::Client, &BoardKeys)> {
+        let redis = self.redis.as_ref()?;
+        Some((redis.connected()?, &redis.keys().board))
     }
 
     fn warn(&self, what: &str, error: Option<&RedisError>) {
@@ -444,7 +439,7 @@ impl Copy {
         }
     }
 
-    fn require_client(&self) -> Result<&fred::clients::Client, RedisError> {
+    fn require_client(&self) -> Result<(&fred::clients::Client, &BoardKeys), RedisError> {
         self.connected()
             .ok_or_else(|| RedisError::new(fred::error::ErrorKind::IO, "redis is not connected"))
     }
@@ -454,8 +449,9 @@ impl Copy {
 /// MGET; a rebuild deletes both at once); `None` while the set is not ready.
 async fn generation_and_version(
     client: &fred::clients::Client,
+    keys: &BoardKeys,
 ) -> Result<Option<(String, u64)>, RedisError> {
-    let keys = vec![Key::from(READY_KEY), Key::from(VERSION_KEY)];
+    let keys = vec![keys.ready.clone(), keys.version.clone()];
     let found: Vec<Option<String>> = Box::pin(client.mget(keys)).await?;
     Ok(match found.as_slice() {
         [Some(generation), version] => version

@@ -1,22 +1,25 @@
-//! How the board is laid out in Redis: key names, the sorted-set member
+//! How the board is laid out in Redis: what each key holds (the names are
+//! built in `cache/keys.rs`), the sorted-set member
 //! that encodes the board order, the stats value, and the parsing of what
 //! the scripts and the change log return. Pure data, no I/O.
 //!
-//! Layout (one hash tag, so a Redis Cluster keeps every key in one slot):
-//! - `roster:v1:board:{lb}:set`: ZSET, score = best score (integers up to
+//! Layout (one hash tag, so a Redis Cluster keeps every key in one slot;
+//! every name starts with the deployment's key prefix, by default
+//! `roster:v1:`, see `cache/keys.rs`):
+//! - `<prefix>board:{lb}:set`: ZSET, score = best score (integers up to
 //!   2^53 - 1 are exact doubles), member = 16-digit `(2^53 - 1) - seq`, then
 //!   the user id, then the name. Equal scores sort by member, so under
 //!   ZREVRANGE and ZREVRANK the user who reached the score first (lower seq)
 //!   ranks higher.
-//! - `roster:v1:board:{lb}:members`: HASH name key -> current member, or a
+//! - `<prefix>board:{lb}:members`: HASH name key -> current member, or a
 //!   tombstone (`~` and the id of the user deleted under that name).
-//! - `roster:v1:board:{lb}:stats`: HASH name key -> 20-digit games_played,
+//! - `<prefix>board:{lb}:stats`: HASH name key -> 20-digit games_played,
 //!   then the encoded `roster.v1.UserStats` (without rank).
-//! - `roster:v1:board:{lb}:ready`: the token of the rebuild that loaded the
+//! - `<prefix>board:{lb}:ready`: the token of the rebuild that loaded the
 //!   whole board (the board's generation); present only once it has.
-//! - `roster:v1:board:{lb}:building`: the rebuild lease: the token of the one
+//! - `<prefix>board:{lb}:building`: the rebuild lease: the token of the one
 //!   rebuild in progress, with a TTL that the rebuild keeps renewing.
-//! - `roster:v1:board:{lb}:version` and `roster:v1:board:{lb}:log`: a counter
+//! - `<prefix>board:{lb}:version` and `<prefix>board:{lb}:log`: a counter
 //!   and a STREAM of every live change to the board (entry `N-0` is change
 //!   N: fields k, m, s, v as in an update, or only k for a removal), trimmed
 //!   to about 10,000 entries. Each replica's copy follows it.
@@ -27,20 +30,10 @@ use uuid::Uuid;
 
 use super::mirror::Entry;
 use crate::{
-    cache::outbox::{AHEAD_KEY, DELIVERED_KEY},
+    cache::keys::BoardKeys,
     domain::{BoardEntry, BoardPage, BoardPosition, Score, Stats},
     proto::{roster::v1 as pb, stats_from_wire, stats_to_wire},
 };
-
-pub(super) const SET_KEY: &str = "roster:v1:board:{lb}:set";
-pub(super) const MEMBERS_KEY: &str = "roster:v1:board:{lb}:members";
-pub(super) const STATS_KEY: &str = "roster:v1:board:{lb}:stats";
-/// Present while the set holds the whole board (see the module docs).
-pub const READY_KEY: &str = "roster:v1:board:{lb}:ready";
-/// The rebuild lease (see the module docs).
-pub const BUILDING_KEY: &str = "roster:v1:board:{lb}:building";
-pub(super) const VERSION_KEY: &str = "roster:v1:board:{lb}:version";
-pub(super) const LOG_KEY: &str = "roster:v1:board:{lb}:log";
 
 /// The largest tie-break number the member encoding holds.
 const MAX_SEQ: i64 = Score::MAX;
@@ -52,17 +45,17 @@ const UUID_CHARS: usize = 36;
 pub(super) const LOG_LENGTH: &str = "10000";
 
 /// The keys of the update and removal scripts, in their order.
-pub(super) fn write_keys() -> Vec<Key> {
+pub(super) fn write_keys(keys: &BoardKeys) -> Vec<Key> {
     vec![
-        Key::from(SET_KEY),
-        Key::from(MEMBERS_KEY),
-        Key::from(STATS_KEY),
-        Key::from(READY_KEY),
-        Key::from(VERSION_KEY),
-        Key::from(LOG_KEY),
-        Key::from(DELIVERED_KEY),
-        Key::from(AHEAD_KEY),
-        Key::from(BUILDING_KEY),
+        keys.set.clone(),
+        keys.members.clone(),
+        keys.stats.clone(),
+        keys.ready.clone(),
+        keys.version.clone(),
+        keys.log.clone(),
+        keys.delivered.clone(),
+        keys.ahead.clone(),
+        keys.building.clone(),
     ]
 }
 

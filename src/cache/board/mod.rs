@@ -41,15 +41,14 @@ use fred::{
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub use layout::{BUILDING_KEY, READY_KEY};
 pub use rebuild::Rebuild;
 
 use self::{
     copy::Copy,
-    layout::{LOG_LENGTH, MEMBERS_KEY, SET_KEY, decode_stats, entry_args, page_of, write_keys},
+    layout::{LOG_LENGTH, decode_stats, entry_args, page_of, write_keys},
     scripts::{AROUND, PAGE, REMOVE, STATS, UPDATE},
 };
-use super::{Freshness, Redis, Script};
+use super::{Freshness, Redis, Script, keys::BoardKeys};
 use crate::domain::{BoardPage, BoardPosition, NameKey, PageSize, Stats};
 
 /// A user's stats as the board cache knows them.
@@ -131,7 +130,7 @@ impl BoardCache {
         position: BoardPosition,
         seq: u64,
     ) -> Option<u64> {
-        let Some(client) = self.connected() else {
+        let Some((client, keys)) = self.connected() else {
             self.freshness.withdraw();
             return None;
         };
@@ -141,7 +140,7 @@ impl BoardCache {
             Value::from(seq.to_string()),
         ];
         args.extend(entry_args(key.as_str(), stats, position));
-        let result: Result<Value, _> = UPDATE.eval(client, write_keys(), args).await;
+        let result: Result<Value, _> = UPDATE.eval(client, write_keys(keys), args).await;
         match result.map(Value::into_array) {
             Ok(reply) => {
                 let ready = reply.first().and_then(Value::as_i64) == Some(1);
@@ -188,14 +187,14 @@ impl BoardCache {
         deleted: Uuid,
         seq: u64,
     ) -> Result<(), RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let args = vec![
             Value::from(key.as_str()),
             Value::from(deleted.to_string()),
             Value::from(LOG_LENGTH),
             Value::from(seq.to_string()),
         ];
-        let _: Value = REMOVE.eval(client, write_keys(), args).await?;
+        let _: Value = REMOVE.eval(client, write_keys(keys), args).await?;
         Ok(())
     }
 
@@ -205,7 +204,7 @@ impl BoardCache {
         &self,
         rows: impl IntoIterator<Item = (&'a str, Stats, BoardPosition)>,
     ) -> Result<(), RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let mut args = vec![
             Value::from("live"),
             Value::from(LOG_LENGTH),
@@ -217,14 +216,14 @@ impl BoardCache {
         if args.len() == 3 {
             return Ok(());
         }
-        let _: Value = UPDATE.eval(client, write_keys(), args).await?;
+        let _: Value = UPDATE.eval(client, write_keys(keys), args).await?;
         Ok(())
     }
 
     /// The user's stats and rank from the board, when Redis holds every
     /// committed game.
     pub async fn stats(&self, key: &NameKey) -> CachedStats {
-        let Some(client) = self.fresh_client() else {
+        let Some((client, keys)) = self.fresh_client() else {
             return CachedStats::Unknown;
         };
         if self.copy_enabled
@@ -240,7 +239,12 @@ impl BoardCache {
             };
         }
         self.count("script");
-        let keys = read_keys();
+        let keys = vec![
+            keys.set.clone(),
+            keys.members.clone(),
+            keys.stats.clone(),
+            keys.ready.clone(),
+        ];
         let Some(reply) = self
             .eval_read(client, &STATS, keys, vec![key.as_str().into()])
             .await
@@ -267,7 +271,7 @@ impl BoardCache {
     /// Up to `limit` entries from 0-based `offset`, when Redis holds every
     /// committed game.
     pub async fn page(&self, offset: u64, limit: u64) -> Option<BoardPage> {
-        let client = self.fresh_client()?;
+        let (client, keys) = self.fresh_client()?;
         if self.copy_enabled
             && let Some(page) = self.copy.read(None, |copy| copy.page(offset, limit)).await
         {
@@ -281,7 +285,7 @@ impl BoardCache {
             .eval_read(
                 client,
                 &PAGE,
-                vec![Key::from(SET_KEY), Key::from(READY_KEY)],
+                vec![keys.set.clone(), keys.ready.clone()],
                 args,
             )
             .await?;
@@ -297,7 +301,7 @@ impl BoardCache {
     /// The `size`-entry window around the user, when Redis holds every
     /// committed game.
     pub async fn around(&self, key: &NameKey, size: PageSize) -> CachedWindow {
-        let Some(client) = self.fresh_client() else {
+        let Some((client, keys)) = self.fresh_client() else {
             return CachedWindow::Unknown;
         };
         if self.copy_enabled
@@ -313,11 +317,7 @@ impl BoardCache {
             };
         }
         self.count("script");
-        let keys = vec![
-            Key::from(SET_KEY),
-            Key::from(MEMBERS_KEY),
-            Key::from(READY_KEY),
-        ];
+        let keys = vec![keys.set.clone(), keys.members.clone(), keys.ready.clone()];
         let args = vec![key.as_str().into(), size.get().to_string().into()];
         let Some(reply) = self.eval_read(client, &AROUND, keys, args).await else {
             return CachedWindow::Unknown;
@@ -358,8 +358,10 @@ impl BoardCache {
         self.copy.stats()
     }
 
-    fn connected(&self) -> Option<&fred::clients::Client> {
-        self.redis.as_ref().and_then(Redis::connected)
+    /// The client, when connected, and the board's keys.
+    fn connected(&self) -> Option<(&fred::clients::Client, &BoardKeys)> {
+        let redis = self.redis.as_ref()?;
+        Some((redis.connected()?, &redis.keys().board))
     }
 
     fn warn(&self, what: &str, error: Option<&RedisError>) {
@@ -368,14 +370,14 @@ impl BoardCache {
         }
     }
 
-    fn require_client(&self) -> Result<&fred::clients::Client, RedisError> {
+    fn require_client(&self) -> Result<(&fred::clients::Client, &BoardKeys), RedisError> {
         self.connected()
             .ok_or_else(|| RedisError::new(fred::error::ErrorKind::IO, "redis is not connected"))
     }
 
-    /// The client, when reads may use Redis: connected, and Redis known to
-    /// hold every committed change.
-    fn fresh_client(&self) -> Option<&fred::clients::Client> {
+    /// The client and the board's keys, when reads may use Redis:
+    /// connected, and Redis known to hold every committed change.
+    fn fresh_client(&self) -> Option<(&fred::clients::Client, &BoardKeys)> {
         if self.freshness.is_fresh() {
             self.connected()
         } else {
@@ -412,14 +414,4 @@ impl BoardCache {
             }
         }
     }
-}
-
-/// The stats script's keys.
-fn read_keys() -> Vec<Key> {
-    vec![
-        Key::from(SET_KEY),
-        Key::from(MEMBERS_KEY),
-        Key::from(layout::STATS_KEY),
-        Key::from(READY_KEY),
-    ]
 }

@@ -6,18 +6,12 @@
 
 use std::time::Duration;
 
-use fred::{
-    prelude::Error as RedisError,
-    types::{Key, Value},
-};
+use fred::{prelude::Error as RedisError, types::Value};
 use uuid::Uuid;
 
 use super::{
     BoardCache,
-    layout::{
-        BUILDING_KEY, LOG_KEY, LOG_LENGTH, MEMBERS_KEY, READY_KEY, SET_KEY, STATS_KEY, VERSION_KEY,
-        entry_args, write_keys,
-    },
+    layout::{LOG_LENGTH, entry_args, write_keys},
     scripts::{BEGIN, FINISH, RENEW, UPDATE},
 };
 use crate::domain::{BoardPosition, Stats};
@@ -40,16 +34,16 @@ impl BoardCache {
     /// Takes the rebuild lease and empties the board (ready marker first);
     /// `None` when another replica holds the lease.
     pub async fn begin_rebuild(&self) -> Result<Option<Rebuild>, RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let token = Uuid::now_v7().to_string();
         let keys = vec![
-            Key::from(BUILDING_KEY),
-            Key::from(READY_KEY),
-            Key::from(SET_KEY),
-            Key::from(MEMBERS_KEY),
-            Key::from(STATS_KEY),
-            Key::from(VERSION_KEY),
-            Key::from(LOG_KEY),
+            keys.building.clone(),
+            keys.ready.clone(),
+            keys.set.clone(),
+            keys.members.clone(),
+            keys.stats.clone(),
+            keys.version.clone(),
+            keys.log.clone(),
         ];
         let taken: i64 = BEGIN
             .eval(client, keys, vec![Value::from(token.as_str()), lease_ms()])
@@ -65,7 +59,7 @@ impl BoardCache {
         rebuild: &Rebuild,
         rows: impl IntoIterator<Item = (&'a str, Stats, BoardPosition)>,
     ) -> Result<bool, RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let mut args = vec![
             Value::from(format!("load:{}", rebuild.token)),
             Value::from(LOG_LENGTH),
@@ -74,17 +68,17 @@ impl BoardCache {
         for (key, stats, position) in rows {
             args.extend(entry_args(key, &stats, position));
         }
-        let reply: Value = UPDATE.eval(client, write_keys(), args).await?;
+        let reply: Value = UPDATE.eval(client, write_keys(keys), args).await?;
         Ok(reply.into_array().first().and_then(Value::as_i64) != Some(-1))
     }
 
     /// Extends the lease; `false` when it was lost.
     pub async fn renew(&self, rebuild: &Rebuild) -> Result<bool, RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let renewed: i64 = RENEW
             .eval(
                 client,
-                vec![Key::from(BUILDING_KEY)],
+                vec![keys.building.clone()],
                 vec![Value::from(rebuild.token.as_str()), lease_ms()],
             )
             .await?;
@@ -95,11 +89,11 @@ impl BoardCache {
     /// `false` when the lease was lost meanwhile (the board is left for the
     /// next rebuild).
     pub async fn finish_rebuild(&self, rebuild: Rebuild) -> Result<bool, RedisError> {
-        let client = self.require_client()?;
+        let (client, keys) = self.require_client()?;
         let finished: i64 = FINISH
             .eval(
                 client,
-                vec![Key::from(READY_KEY), Key::from(BUILDING_KEY)],
+                vec![keys.ready.clone(), keys.building.clone()],
                 vec![Value::from(rebuild.token)],
             )
             .await?;
