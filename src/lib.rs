@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod delivery;
 pub mod domain;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod failpoint;
 pub mod grpc;
 pub mod leaderboard;
+pub mod limits;
 pub mod metrics;
 #[cfg(test)]
 mod properties;
