@@ -13,6 +13,7 @@ mod history;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod limits;
 mod malformed;
 mod metrics;
 mod migrations;
