@@ -166,6 +166,61 @@ pub struct Config {
     #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// HTTP/2 streams (calls) one connection may have open at once
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); a client, or a mesh sidecar,
+    /// opens another connection for more.
+    #[arg(long, env = "ROSTER_MAX_CONCURRENT_STREAMS", default_value_t = 128)]
+    pub max_concurrent_streams: u32,
+
+    /// Calls in flight at once over all connections; a call beyond it is
+    /// answered RESOURCE_EXHAUSTED (reason SERVER_OVERLOADED) at once rather
+    /// than queued. Health checks are not counted. 0 turns the limit off.
+    #[arg(long, env = "ROSTER_MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+
+    /// Interval of the HTTP/2 PINGs that find dead peers; `0s` turns them off.
+    #[arg(long, env = "ROSTER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive PING may go unanswered before the connection is
+    /// closed.
+    #[arg(long, env = "ROSTER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// After this long (±10% per connection) a connection is told to go
+    /// away (GOAWAY): its calls finish, new calls go to a new connection, so
+    /// that a plain Kubernetes Service spreads long-lived HTTP/2 clients over
+    /// new replicas. `0s` turns it off.
+    #[arg(long, env = "ROSTER_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long calls may go on after a connection's GOAWAY for its age
+    /// before the connection is closed under them. `0s`: no limit.
+    #[arg(long, env = "ROSTER_MAX_CONNECTION_AGE_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// A connection with no call in flight for this long is told to go away
+    /// (GOAWAY) and closed; `0s` turns it off.
+    #[arg(long, env = "ROSTER_MAX_CONNECTION_IDLE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_idle: Duration,
+
+    /// A new connection must finish its TLS handshake (if any) and send the
+    /// HTTP/2 client preface and SETTINGS within this long, or it is closed.
+    #[arg(long, env = "ROSTER_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Connections open at once; more are closed as soon as they are
+    /// accepted. `auto`: the open-file limit less what the database pool and
+    /// the rest of the process need, at most 10000.
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS", default_value = "auto")]
+    pub max_connections: ConnectionCap,
+
+    /// Connections open at once from one client address (an IPv6 /64 counts
+    /// as one); loopback peers are not capped, since behind a mesh sidecar
+    /// every caller arrives from loopback. 0 turns the cap off.
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS_PER_PEER", default_value_t = 64)]
+    pub max_connections_per_peer: usize,
+
     /// How often the database is probed for the health status.
     #[arg(long, env = "ROSTER_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -283,6 +338,31 @@ impl std::str::FromStr for CallerQuotaSetting {
                 .parse()
                 .map(Self::PerSecond)
                 .map_err(|_| format!("expected auto, off or a number, got {number:?}")),
+        }
+    }
+}
+
+/// The `--max-connections` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionCap {
+    /// Derived from the open-file limit at start.
+    Auto,
+    /// This many.
+    Fixed(usize),
+}
+
+impl std::str::FromStr for ConnectionCap {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            number => match number.parse() {
+                Ok(0) | Err(_) => Err(format!(
+                    "expected auto or a positive number, got {number:?}"
+                )),
+                Ok(n) => Ok(Self::Fixed(n)),
+            },
         }
     }
 }

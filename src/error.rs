@@ -67,6 +67,20 @@ pub enum Error {
         /// When the caller's bucket has room again.
         retry_after: std::time::Duration,
     },
+    /// More calls are in flight than `--max-concurrent-calls` allows: the
+    /// call was shed before any work was done.
+    #[error("server overloaded")]
+    ServerOverloaded {
+        /// A hint of when to try again.
+        retry_after: std::time::Duration,
+    },
+    /// The request message is larger than the server accepts (refused by
+    /// the decoder before decoding).
+    #[error("request too large")]
+    RequestTooLarge {
+        /// The largest message accepted, in bytes.
+        limit: usize,
+    },
     /// A fault on our side; details go to the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn StdError + Send + Sync>),
@@ -98,6 +112,8 @@ impl Error {
             Error::Unauthenticated => "IDENTITY_REQUIRED",
             Error::PermissionDenied => "METHOD_NOT_ALLOWED",
             Error::CallerQuotaExceeded { .. } => "CALLER_QUOTA_EXCEEDED",
+            Error::ServerOverloaded { .. } => "SERVER_OVERLOADED",
+            Error::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -190,6 +206,22 @@ impl From<Error> for tonic::Status {
                         .to_owned(),
                 )
             }
+            // RESOURCE_EXHAUSTED, as tonic's own load shedding answers and
+            // as gRPC's status table has it for a server out of a resource;
+            // the RetryInfo and reason say it is the server, not the caller.
+            Error::ServerOverloaded { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                (
+                    Code::ResourceExhausted,
+                    "the server has too many calls in flight; retry later".to_owned(),
+                )
+            }
+            // gRPC's status code table: a message larger than the receiver
+            // allows is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+            Error::RequestTooLarge { limit } => (
+                Code::ResourceExhausted,
+                format!("the request message is larger than the {limit} bytes accepted"),
+            ),
             Error::Internal(_) => (Code::Internal, "internal error".to_owned()),
         };
         match &error {

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod backends;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod delivery;
 pub mod domain;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod failpoint;
 pub mod grpc;
 pub mod leaderboard;
+pub mod limits;
 pub mod metrics;
 #[cfg(test)]
 mod properties;

@@ -77,6 +77,18 @@ pub struct Reason {
     reason: String,
 }
 
+/// A connection's state: handshaking (TLS, HTTP/2 preface) or open.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionState {
+    state: &'static str,
+}
+
+/// Why a connection was refused or closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cause {
+    reason: &'static str,
+}
+
 /// One label naming a result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -124,6 +136,14 @@ pub struct Metrics {
     pub board_copy_loads: Counter,
     /// Redis command failures by kind: timeout, error.
     pub redis_errors: Family<Kind, Counter>,
+    /// Connections open now, by state: handshaking, open.
+    connections: Family<ConnectionState, Gauge>,
+    /// Connections closed as soon as accepted, by the cap they were over.
+    connections_refused: Family<Cause, Counter>,
+    /// Connections the server closed or told to go away, by reason.
+    connections_closed: Family<Cause, Counter>,
+    /// Failed accept(2) calls (EMFILE and the like).
+    accept_errors: Counter,
 }
 
 /// Series incremented on every cached read.
@@ -172,7 +192,37 @@ impl Metrics {
             board_reads,
             board_copy_loads: Counter::default(),
             redis_errors: Family::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            accept_errors: Counter::default(),
         }
+    }
+
+    /// The gauge of connections in `state` (handshaking, open).
+    pub fn connections(&self, state: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&ConnectionState { state })
+            .clone()
+    }
+
+    /// Counts a connection refused for `reason` (the cap it was over).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&Cause { reason })
+            .inc();
+    }
+
+    /// Counts a connection closed, or told to go away, for `reason`.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&Cause { reason })
+            .inc();
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_error(&self) {
+        self.accept_errors.inc();
     }
 
     /// Counts one look-up result of the user cache: hit, miss, error or
@@ -247,7 +297,7 @@ impl Metrics {
         );
         registry.register(
             "roster_refusals",
-            "Calls refused with RESOURCE_EXHAUSTED, PERMISSION_DENIED or UNAUTHENTICATED, by reason: HASHING_CAPACITY_EXHAUSTED, CALLER_QUOTA_EXCEEDED, TOO_MANY_FAILED_ATTEMPTS, STORAGE_FULL, IDENTITY_REQUIRED, METHOD_NOT_ALLOWED, INVALID_CREDENTIALS",
+            "Calls refused with RESOURCE_EXHAUSTED, PERMISSION_DENIED or UNAUTHENTICATED, by reason: HASHING_CAPACITY_EXHAUSTED, CALLER_QUOTA_EXCEEDED, TOO_MANY_FAILED_ATTEMPTS, STORAGE_FULL, IDENTITY_REQUIRED, METHOD_NOT_ALLOWED, INVALID_CREDENTIALS, SERVER_OVERLOADED, REQUEST_TOO_LARGE",
             self.refusals.clone(),
         );
         registry.register(
@@ -274,6 +324,26 @@ impl Metrics {
             "roster_redis_errors",
             "Redis command failures by kind: timeout, error",
             self.redis_errors.clone(),
+        );
+        registry.register(
+            "roster_connections",
+            "gRPC connections open now, by state: handshaking (TLS handshake and HTTP/2 preface not finished), open",
+            self.connections.clone(),
+        );
+        registry.register(
+            "roster_connections_refused",
+            "Connections closed as soon as they were accepted, by reason: max_connections, max_connections_per_peer",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "roster_connections_closed",
+            "Connections the server closed or told to go away, by reason: handshake_timeout, idle, max_age (GOAWAY), max_age_grace (closed under calls still running)",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "roster_accept_errors",
+            "Failed accepts of new connections (e.g. EMFILE: out of file descriptors)",
+            self.accept_errors.clone(),
         );
         registry.register_collector(Box::new(state));
         registry

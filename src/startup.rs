@@ -8,8 +8,7 @@ use tokio::{
     sync::{Notify, oneshot},
     task::JoinHandle,
 };
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -20,10 +19,12 @@ use crate::{
     backends::{BackendCredentials, read_secret_file, redact_url},
     cache::{Freshness, Redis, UserCache, board::BoardCache, outbox::OutboxCache},
     config::{CallerQuotaSetting, Config, MigrateMode},
+    connections::{self, ConnectionSettings},
     credentials::{HashPolicy, PasswordHasher},
     delivery::Delivery,
     grpc::{LeaderboardServiceImpl, UserServiceImpl},
     leaderboard::Leaderboard,
+    limits::CallLimitLayer,
     metrics::{self, GrpcMetricsLayer, Metrics},
     proto::{
         self,
@@ -65,12 +66,23 @@ pub struct Application {
     metrics: Metrics,
     /// The metrics listener and its registry, when `--metrics-addr` is set.
     metrics_listener: Option<(TcpListener, prometheus_client::registry::Registry)>,
+    /// How gRPC connections are capped, timed and served.
+    connections: ConnectionSettings,
 }
 
 impl Application {
     /// Binds the listener (port 0 picks a free port), connects to the
     /// database and runs migrations, and starts connecting to Redis.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let open_files = connections::raise_open_file_limit();
+        let connections = connection_settings(&config, open_files);
+        tracing::info!(
+            open_files,
+            max_connections = connections.max_connections,
+            max_connections_per_peer = connections.max_connections_per_peer,
+            max_concurrent_calls = config.max_concurrent_calls,
+            "connection limits"
+        );
         let metrics = Metrics::new();
         let hasher = PasswordHasher::new(
             HashPolicy {
@@ -236,6 +248,7 @@ impl Application {
             tls,
             metrics,
             metrics_listener,
+            connections,
         })
     }
 
@@ -276,6 +289,7 @@ impl Application {
             tls,
             metrics,
             metrics_listener,
+            connections,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -297,27 +311,27 @@ impl Application {
 
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut builder = Server::builder();
-        if crate::telemetry::otlp_configured() {
-            // A span per call only when traces are exported: none otherwise.
-            builder = builder.trace_fn(crate::telemetry::request_span);
-        }
-        let router = builder
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // The gRPC metrics only when something can scrape them: without
-            // `--metrics-addr` a call pays nothing for them.
-            .layer(tower::util::option_layer(metrics_listener.is_some().then(
-                || GrpcMetricsLayer::new(metrics, &access::served_methods()),
-            )))
-            .layer(access.layer())
+        let mut routes = Routes::builder();
+        routes
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(user_service)
             .add_service(leaderboard_service);
+        let service = tower::ServiceBuilder::new()
+            // The gRPC metrics only when something can scrape them: without
+            // `--metrics-addr` a call pays nothing for them.
+            .option_layer(
+                metrics_listener
+                    .is_some()
+                    .then(|| GrpcMetricsLayer::new(metrics.clone(), &access::served_methods())),
+            )
+            .layer(CallLimitLayer::new(
+                config.max_concurrent_calls,
+                MAX_REQUEST_BYTES,
+            ))
+            .layer(access.layer())
+            .service(routes.routes().prepare());
         let stop_serving = async {
             drop(stopped.await);
         };
@@ -329,30 +343,15 @@ impl Application {
             }
             tokio::spawn(metrics::serve(listener, registry))
         });
-        let mut tls_upkeep = None;
-        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = match tls {
-            Some(tls) => {
-                tls_upkeep = Some(tokio::spawn(tls.clone().watch()));
-                tokio::spawn(
-                    router.serve_with_incoming_shutdown(tls.incoming(listener), stop_serving),
-                )
-            }
-            None => {
-                // `tcp_nodelay` above only applies to listeners tonic binds
-                // itself; without it on our accepted sockets, a response larger
-                // than a few hundred bytes waits ~40 ms for the client's
-                // delayed ACK (Nagle).
-                let incoming = TcpListenerStream::new(listener).map(|connection| {
-                    if let Ok(stream) = &connection
-                        && let Err(error) = stream.set_nodelay(true)
-                    {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                    connection
-                });
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop_serving))
-            }
-        };
+        let tls_upkeep = tls.clone().map(|tls| tokio::spawn(tls.watch()));
+        let mut server: JoinHandle<()> = tokio::spawn(connections::serve(
+            listener,
+            tls,
+            service,
+            connections,
+            metrics,
+            stop_serving,
+        ));
         let watcher = tokio::spawn(watch_database(
             store.clone(),
             health.clone(),
@@ -371,7 +370,7 @@ impl Application {
                 if let Some(server) = metrics_server {
                     server.abort();
                 }
-                return Ok(result??);
+                return Ok(result?);
             }
             () = shutdown => {}
         }
@@ -382,7 +381,7 @@ impl Application {
         tokio::time::sleep(config.shutdown_delay).await;
         stop.send(()).ok();
         match tokio::time::timeout(config.drain_deadline, &mut server).await {
-            Ok(result) => result??,
+            Ok(result) => result?,
             Err(_) => {
                 tracing::warn!(
                     deadline = ?config.drain_deadline,
@@ -421,6 +420,30 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         health.set_service_status(service, status).await;
+    }
+}
+
+/// The connection settings `config` asks for, under an open-file limit of
+/// `open_files`. A zero duration turns its limit off.
+fn connection_settings(config: &Config, open_files: Option<u64>) -> ConnectionSettings {
+    let nonzero = |duration: Duration| (!duration.is_zero()).then_some(duration);
+    ConnectionSettings {
+        handshake_timeout: config.handshake_timeout,
+        max_idle: nonzero(config.max_connection_idle),
+        max_age: nonzero(config.max_connection_age),
+        max_age_grace: nonzero(config.max_connection_age_grace),
+        max_connections: connections::connection_cap(
+            config.max_connections,
+            open_files,
+            config.db_max_connections,
+        ),
+        max_connections_per_peer: config.max_connections_per_peer,
+        max_concurrent_streams: config.max_concurrent_streams,
+        keepalive_interval: nonzero(config.http2_keepalive_interval),
+        keepalive_timeout: config.http2_keepalive_timeout,
+        request_timeout: config.request_timeout,
+        // A span per call only when traces are exported: none otherwise.
+        trace: crate::telemetry::otlp_configured(),
     }
 }
 

@@ -13,7 +13,6 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -28,9 +27,8 @@ use rustls::{
     },
     sign::CertifiedKey,
 };
-use tokio::{net::TcpStream, sync::mpsc};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Whether a client certificate is required or only verified when sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,9 +52,6 @@ pub struct TlsFiles {
     /// Required or optional, when `client_ca` is set.
     pub client_auth: ClientAuth,
 }
-
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The listener's TLS: an acceptor whose certificate and client verifier
 /// can be replaced while it runs.
@@ -133,43 +128,21 @@ impl Tls {
         }
     }
 
-    /// Accepts TLS connections from `listener`, each handshake in its own
-    /// task (a slow client never holds up the others), and yields the
-    /// finished ones.
-    pub fn incoming(
-        self,
-        listener: tokio::net::TcpListener,
-    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-        let (sender, receiver) = mpsc::channel(128);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::debug!(%error, "accept failed");
-                        continue;
-                    }
-                };
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-                if sender.is_closed() {
-                    return;
-                }
-                let acceptor = self.acceptor.clone();
-                let handed = sender.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            handed.send(Ok(tls)).await.ok();
-                        }
-                        Ok(Err(error)) => crate::audit::handshake_refused(peer, &error),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
+    /// Runs the TLS handshake of an accepted connection from `peer`; a
+    /// refused handshake is audited. The caller bounds how long it may take
+    /// (`--handshake-timeout`, src/connections.rs).
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
+        match self.acceptor.accept(stream).await {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                crate::audit::handshake_refused(peer, &error);
+                None
             }
-        });
-        ReceiverStream::new(receiver)
+        }
     }
 }
 

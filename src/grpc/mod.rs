@@ -57,12 +57,20 @@ impl Audited {
 }
 
 /// The call's deadline from its `grpc-timeout` header, if the client set one.
-/// Parsed here because tonic enforces the header but does not expose it.
 pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    Instant::now().checked_add(grpc_timeout(request.metadata().as_ref())?)
+}
+
+/// The `grpc-timeout` header's value: at most 8 digits and a unit (the gRPC
+/// HTTP/2 protocol); `None` when absent or malformed.
+pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.len() > 8 {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
-    let timeout = match unit {
+    Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
         "M" => Duration::from_secs(amount.saturating_mul(60)),
         "S" => Duration::from_secs(amount),
@@ -70,8 +78,7 @@ pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
         "u" => Duration::from_micros(amount),
         "n" => Duration::from_nanos(amount),
         _ => return None,
-    };
-    Instant::now().checked_add(timeout)
+    })
 }
 
 /// Names the field of each parse result and collects every violation, so a

@@ -15,6 +15,7 @@ mod key_prefix;
 mod leaderboard;
 mod lifecycle;
 mod lifecycle_users;
+mod limits;
 mod malformed;
 mod metrics;
 mod migrations;

@@ -755,14 +755,14 @@ async fn grpc_framing(addr: SocketAddr) -> Tally {
             get_user,
             vec![],
             grpc_message(0, oversized.len() as u32, &oversized),
-            &[OutOfRange],
+            &[ResourceExhausted],
         ),
         (
             "prefix says 4 GiB",
             get_user,
             vec![],
             grpc_message(0, u32::MAX, &body),
-            &[OutOfRange],
+            &[ResourceExhausted],
         ),
         (
             "protobuf garbage",

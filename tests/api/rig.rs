@@ -169,6 +169,8 @@ pub struct ServerProcess {
     port: u16,
     log: PathBuf,
     run_as: Option<u32>,
+    /// The child's open-file limit (soft and hard), when lowered.
+    open_files: Option<u64>,
     child: Option<Child>,
     _logs: tempfile::TempDir,
 }
@@ -198,6 +200,28 @@ impl ServerProcess {
         extra: &[&str],
         uid: Option<u32>,
         env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(database_url, redis_url, extra, uid, env, None).await
+    }
+
+    /// As [`Self::start_with`], with the child's open-file limit (soft and
+    /// hard, so that the server cannot raise it) set to `open_files`.
+    pub async fn start_with_open_files(
+        database_url: &str,
+        redis_url: &str,
+        env: &[(&str, &str)],
+        open_files: u64,
+    ) -> Self {
+        Self::start_full(database_url, redis_url, &[], None, env, Some(open_files)).await
+    }
+
+    async fn start_full(
+        database_url: &str,
+        redis_url: &str,
+        extra: &[&str],
+        uid: Option<u32>,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
     ) -> Self {
         let port = free_port();
         let logs = tempfile::tempdir().unwrap();
@@ -232,6 +256,7 @@ impl ServerProcess {
             port,
             log: logs.path().join("roster.log"),
             run_as: uid,
+            open_files,
             child: None,
             _logs: logs,
         };
@@ -265,6 +290,24 @@ impl ServerProcess {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null());
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) is async-signal-safe, as code between
+            // fork and exec must be; nothing is allocated.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         self.child = Some(command.spawn().expect("spawn roster"));
     }
 

@@ -211,5 +211,7 @@ async fn an_oversized_request_is_refused_before_decoding() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange);
+    // gRPC's status code table: RESOURCE_EXHAUSTED (tonic alone says OUT_OF_RANGE).
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&status), "REQUEST_TOO_LARGE");
 }
