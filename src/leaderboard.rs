@@ -120,16 +120,25 @@ impl Leaderboard {
         name: UserName,
         cached: CachedStats,
     ) -> Result<RankedStats, Error> {
-        if cached == CachedStats::Unknown {
-            self.board.count("database");
-        }
-        let user = self.users.get(name.clone()).await?;
         if cached == CachedStats::Unranked {
+            // The user comes from the database, never the cache: the board
+            // said "no games" at a moment the user read must not precede.
+            // A cached user may be as old as the staleness bound (say, one
+            // since deleted and re-created under the same name, with games),
+            // and with it the answer would pair a user and a game count
+            // that never held together (found by the history checker).
+            let user = self
+                .store
+                .find_user(name.key())
+                .await?
+                .ok_or(Error::UserNotFound)?;
             return Ok(RankedStats {
                 stats: Stats::none(user.id, user.name),
                 rank: 0,
             });
         }
+        self.board.count("database");
+        let user = self.users.get(name.clone()).await?;
         self.current(&name, &user).await
     }
 
