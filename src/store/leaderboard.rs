@@ -191,10 +191,23 @@ impl Store {
         Ok(recorded)
     }
 
-    /// `user`'s stats (zeros before the first game) and board position.
+    /// `user`'s stats (zeros before the first game) and board position;
+    /// `UserNotFound` when the user no longer exists.
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
     pub async fn find_stats(&self, user: &User) -> Result<(Stats, Option<BoardPosition>), Error> {
         let txn = self.reader.begin().await.map_err(classify)?;
+        // `user` may come from the cache, up to the staleness bound old: if
+        // it has since been deleted, "no stats row" means gone, not "no
+        // games" (the history checker saw a deleted user answered with 0
+        // games).
+        if users::Entity::find_by_id(user.id)
+            .one(&txn)
+            .await
+            .map_err(classify)?
+            .is_none()
+        {
+            return Err(Error::UserNotFound);
+        }
         let stats = user_stats::Entity::find_by_id(user.id)
             .one(&txn)
             .await
