@@ -86,13 +86,19 @@ def test_deadline(users, unique_name, password):
     create(users, unique_name, password)
     # A generous deadline: the call completes.
     assert users.GetUser(pb.GetUserRequest(name=unique_name), timeout=5).user.name == unique_name
-    # A deadline shorter than one argon2id check (~20 ms): the call fails and
-    # carries no Roster details. The client's own timer gives DEADLINE_EXCEEDED;
-    # when the server's grpc-timeout fires first, tonic answers CANCELLED
-    # "Timeout expired" (tonic maps its TimeoutExpired to CANCELLED).
+    # A deadline shorter than one argon2id check (~20 ms): the call fails.
+    # Whichever comes first: Roster sees the hash cannot finish in time and
+    # refuses at once (RESOURCE_EXHAUSTED, HASHING_CAPACITY_EXHAUSTED, with
+    # RetryInfo); the client's own timer gives DEADLINE_EXCEEDED; the server's
+    # grpc-timeout gives CANCELLED "Timeout expired" (as tonic answers). The
+    # last two carry no Roster details.
     with pytest.raises(grpc.RpcError) as caught:
         users.VerifyPassword(pb.VerifyPasswordRequest(name=unique_name, password=password), timeout=0.001)
     details = error_details(caught.value)
+    if details.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        assert details.reason == "HASHING_CAPACITY_EXHAUSTED"
+        assert details.retry_delay is not None
+        return
     if details.code == grpc.StatusCode.CANCELLED:
         assert details.message == "Timeout expired"
     else:
