@@ -5,10 +5,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-};
+use rustls::{ClientConfig, RootCertStore};
 use secrecy::SecretString;
 use url::Url;
 
@@ -117,19 +114,10 @@ pub fn redis_tls(
     ca_file: Option<&Path>,
     client: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| describe(path, e))? {
-                roots
-                    .add(cert.map_err(|e| describe(path, e))?)
-                    .map_err(|e| describe(path, e))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no CA certificate", path.display()));
-            }
-        }
+    let roots = match ca_file {
+        Some(path) => crate::pem::roots(path)?,
         None => {
+            let mut roots = RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
             let (added, _ignored) = roots.add_parsable_certificates(native.certs);
             if added == 0 {
@@ -139,8 +127,9 @@ pub fn redis_tls(
                     native.errors
                 ));
             }
+            roots
         }
-    }
+    };
     let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -148,24 +137,10 @@ pub fn redis_tls(
             .with_root_certificates(roots);
     match client {
         None => Ok(builder.with_no_client_auth()),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| describe(cert, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| describe(cert, e))?;
-            if chain.is_empty() {
-                return Err(format!("{}: no certificate", cert.display()));
-            }
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| describe(key, e))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))
-        }
+        Some((cert, key)) => builder
+            .with_client_auth_cert(crate::pem::chain(cert)?, crate::pem::key(key)?)
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display())),
     }
-}
-
-fn describe(path: &Path, error: impl std::fmt::Display) -> String {
-    format!("{}: {error}", path.display())
 }
 
 /// `url` fit for a log line: a password in it is replaced by `***`. A URL

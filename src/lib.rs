@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod leaderboard;
 pub mod limits;
 pub mod metrics;
+mod pem;
 #[cfg(test)]
 mod properties;
 pub mod proto;

@@ -9,18 +9,14 @@
 //! Built on tokio-rustls rather than tonic's `ServerTlsConfig`, whose
 //! configuration is fixed when the server starts (no rotation).
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{fmt, path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 use rustls::{
-    DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    DistinguishedName, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, UnixTime},
     server::{
         ClientHello, ResolvesServerCert, WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -159,25 +155,14 @@ fn load(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
 ) -> Result<(CertifiedKey, Arc<dyn ClientCertVerifier>), String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| describe(&files.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| describe(&files.cert, e))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", files.cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| describe(&files.key, e))?;
+    let chain = crate::pem::chain(&files.cert)?;
+    let key = crate::pem::key(&files.key)?;
     let key = CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
     let verifier = match &files.client_ca {
         None => WebPkiClientVerifier::no_client_auth(),
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| describe(path, e))? {
-                roots
-                    .add(cert.map_err(|e| describe(path, e))?)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+            let roots = crate::pem::roots(path)?;
             let builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
             let builder = match files.client_auth {
@@ -190,10 +175,6 @@ fn load(
         }
     };
     Ok((key, verifier))
-}
-
-fn describe(path: &Path, error: impl fmt::Display) -> String {
-    format!("{}: {error}", path.display())
 }
 
 /// The server certificate, replaceable while the listener runs.
