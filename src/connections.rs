@@ -45,7 +45,7 @@ use tokio::{
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
-use crate::{access::tls::Tls, config::ConnectionCap, metrics::Metrics};
+use crate::{access::tls::Tls, config::ConnectionCap, metrics::Metrics, telemetry::LogThrottle};
 
 /// How often a repeated problem (accept errors, refusals, handshake
 /// timeouts) is logged at most; each line says how many happened since.
@@ -173,7 +173,7 @@ pub async fn serve<S>(
             handshaking: metrics.connections("handshaking"),
             open: metrics.connections("open"),
         }),
-        handshake_timeouts: Mutex::new(Every::new(LOG_EVERY)),
+        handshake_timeouts: LogThrottle::new(LOG_EVERY),
         settings,
         tls,
         http2,
@@ -181,8 +181,8 @@ pub async fn serve<S>(
     });
     let (stop_connections, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let mut accept_errors = Every::new(LOG_EVERY);
-    let mut refusals = Every::new(LOG_EVERY);
+    let accept_errors = LogThrottle::new(LOG_EVERY);
+    let refusals = LogThrottle::new(LOG_EVERY);
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut shutdown = pin!(shutdown);
     loop {
@@ -210,7 +210,7 @@ pub async fn serve<S>(
                             // end, and nothing is held for it.
                             drop(stream);
                             shared.metrics.connection_refused(reason);
-                            if let Some(count) = refusals.note() {
+                            if let Some(count) = reported(&refusals) {
                                 tracing::warn!(
                                     count,
                                     reason,
@@ -230,7 +230,7 @@ pub async fn serve<S>(
                 }
                 Err(error) => {
                     shared.metrics.accept_error();
-                    if let Some(count) = accept_errors.note() {
+                    if let Some(count) = reported(&accept_errors) {
                         tracing::error!(
                             %error,
                             count,
@@ -276,19 +276,14 @@ struct Shared {
     tls: Option<Tls>,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     admission: Arc<Admission>,
-    handshake_timeouts: Mutex<Every>,
+    handshake_timeouts: LogThrottle,
     metrics: Metrics,
 }
 
 impl Shared {
     fn handshake_timed_out(&self, peer: SocketAddr) {
         self.metrics.connection_closed("handshake_timeout");
-        let count = self
-            .handshake_timeouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note();
-        if let Some(count) = count {
+        if let Some(count) = reported(&self.handshake_timeouts) {
             tracing::warn!(
                 count,
                 last_peer = %peer,
@@ -660,36 +655,10 @@ impl Drop for Slot {
     }
 }
 
-/// At most one report per interval of something that may happen often,
-/// with the count since the last report.
-struct Every {
-    interval: Duration,
-    last: Option<Instant>,
-    count: u64,
-}
-
-impl Every {
-    fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            count: 0,
-        }
-    }
-
-    /// Counts one occurrence; `Some(count)` when it is time to report.
-    fn note(&mut self) -> Option<u64> {
-        self.count += 1;
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.interval)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.count))
-    }
+/// Counts one occurrence under `throttle`; `Some(count)` of occurrences since
+/// the last report (this one included) when it is time to report one.
+fn reported(throttle: &LogThrottle) -> Option<u64> {
+    throttle.admit().map(|held_back| held_back + 1)
 }
 
 /// Calls in flight on one connection, and since when there are none.
